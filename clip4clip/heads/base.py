@@ -1,0 +1,56 @@
+"""What every temporal head shares: the interface and masked mean pooling."""
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+import torch
+from torch import nn
+
+
+def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """x / ||x|| as CLIP4Clip computes it (no epsilon: a zero vector is a bug upstream)."""
+    return x / x.norm(dim=dim, keepdim=True)
+
+
+def masked_mean(frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of valid frames. frames [B, T, D], frame_mask [B, T] (1 = valid) -> [B, D].
+    A video with no valid frame divides by 1 (as CLIP4Clip) instead of producing NaN."""
+    m = frame_mask.to(frames.dtype).unsqueeze(-1)
+    denom = m.sum(dim=1).clamp_min(1.0)
+    return (frames * m).sum(dim=1) / denom
+
+
+def mean_pool_normalized(frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """CLIP4Clip's meanP: normalise each frame, average valid frames, normalise. -> [B, D]."""
+    return l2_normalize(masked_mean(l2_normalize(frames), frame_mask))
+
+
+class TemporalHead(nn.Module):
+    """Frame features [B, T, D] + frame mask [B, T] -> L2-normalised video embedding [B, D].
+
+    Subclasses own their initialisation from CLIP weights (``init_from_clip``) and the
+    conversion of the official CLIP4Clip checkpoint keys (``official_keys`` /
+    ``convert_official``), so the loaders never branch on the head type.
+    """
+
+    name: str = ""
+    # Prefixes of the official CLIP4Clip state dict that identify this head.
+    official_prefixes: tuple = ()
+
+    def forward(self, frame_features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def init_from_clip(self, clip_state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Initialise from a CLIP state dict (OpenAI layout). Default: nothing to copy."""
+
+    @classmethod
+    def official_kwargs(cls, official_sd: Mapping[str, torch.Tensor]) -> dict:
+        """Constructor arguments read off an official checkpoint's non-CLIP keys."""
+        return {}
+
+    def convert_official(self, official_sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Official non-CLIP keys -> this head's state-dict keys. Default: no parameters."""
+        return {}
+
+
+__all__ = ["TemporalHead", "l2_normalize", "masked_mean", "mean_pool_normalized"]
