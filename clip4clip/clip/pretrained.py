@@ -7,6 +7,7 @@ weights' shapes, so any ViT CLIP file loads the same way.
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Union
@@ -56,18 +57,29 @@ def resolve_clip_file(name_or_path: Union[str, os.PathLike], cache_dir=None,
     return path
 
 
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zips holding compiled code; torch.save zips hold none."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
 def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
     """Read CLIP weights from a TorchScript archive (as released) or a plain state-dict file
     (optionally nested under 'state_dict'/'model', optionally with a 'module.' prefix).
     Tensors come back in float32."""
     path = Path(path)
     sd = None
-    if zipfile.is_zipfile(path):
-        try:
-            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except (RuntimeError, ValueError):
-            sd = None  # a zip that is a regular torch.save file, not TorchScript
-    if sd is None:
+    if _is_torchscript(path):
+        with warnings.catch_warnings():
+            # torch.jit is deprecated, but it is the only reader of the released archives.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+            except RuntimeError as e:
+                raise ValueError(f"cannot read TorchScript archive {path}: {e}") from e
+    else:
         try:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # pickle errors, truncation, wrong format
