@@ -88,19 +88,25 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(width, layers, heads)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        # Injection point for modules that act on the tokens before ln_pre, e.g. AIM's temporal
+        # embedding: module(tokens [N, 1+HW, width], **context) -> tokens. None = nothing.
+        self.pre_ln_adapter: Optional[nn.Module] = None
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, **context) -> torch.Tensor:
         """Images [N, 3, H, W] -> token sequence [N, 1 + HW, width] after ln_pre."""
         x = self.conv1(x.to(self.conv1.weight.dtype))
         x = x.flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        if self.pre_ln_adapter is not None:
+            x = self.pre_ln_adapter(x, **context)
         return self.ln_pre(x)
 
     def forward(self, x: torch.Tensor, **context) -> torch.Tensor:
         """Images [N, 3, H, W] (CLIP-normalised) -> features [N, output_dim] (not normalised).
-        ``context`` is passed to every block (used by injected adapters)."""
-        x = self.transformer(self.embed(x), **context)
+        ``context`` is passed to every block (used by injected adapters); for videos it holds
+        ``frame_mask`` [B, T] and N = B*T, frames of one video contiguous."""
+        x = self.transformer(self.embed(x, **context), **context)
         return self.ln_post(x[:, 0]) @ self.proj
 
 
