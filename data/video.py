@@ -1,0 +1,388 @@
+"""Reading frames from video files with OpenCV, CLIP4Clip style.
+
+Frame sampling follows CLIP4Clip's extractor: candidate frames are taken at ``fps`` frames per
+second of video (with ``fps=1`` the first frame of every second), and when there are more
+candidates than ``max_frames`` they are cut down to the first (``head``), last (``tail``) or an
+evenly spread (``uniform``) subset.
+
+Decoding is one sequential pass: ``grab()`` for every frame (it advances the demuxer/decoder but
+skips the colour conversion and the copy into a numpy array) and ``retrieve()`` only for the
+frames that are kept. Seeking with ``CAP_PROP_POS_FRAMES`` is avoided on purpose: it is slow
+(it seeks to a keyframe and decodes forward anyway) and not frame-accurate for every codec.
+
+Container metadata is not trusted blindly: fps that is zero, NaN or absurd is replaced by an
+assumed 25 fps, and when the number of frames that actually decode differs from the reported
+count, the frames are re-sampled from what decoded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "ASSUMED_FPS",
+    "FRAME_ORDERS",
+    "SLICE_FRAMEPOS",
+    "VideoInfo",
+    "VideoReadError",
+    "VideoTruncatedWarning",
+    "VideoMetadataWarning",
+    "probe_video",
+    "read_frames",
+    "sample_frame_indices",
+]
+
+#: fps assumed when the container reports none, NaN or an absurd value.
+ASSUMED_FPS = 25.0
+#: Reported fps outside this range (frames per second) are treated as broken metadata. Real
+#: footage is 1..240 fps; broken containers report 0, NaN, 1000 or 90000 (a timebase).
+_FPS_RANGE = (1.0, 240.0)
+#: Reported frame counts above this are treated as broken (24 hours at 240 fps).
+_MAX_PLAUSIBLE_FRAMES = 24 * 3600 * 240
+
+SLICE_FRAMEPOS = ("head", "tail", "uniform")
+FRAME_ORDERS = ("normal", "reverse", "random")
+
+
+class VideoReadError(RuntimeError):
+    """A video file could not be read. ``path`` and ``reason`` are kept as attributes."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read video {self.path!r}: {reason}")
+
+
+class VideoTruncatedWarning(UserWarning):
+    """Fewer frames decoded than the container reported; the decoded ones were used."""
+
+
+class VideoMetadataWarning(UserWarning):
+    """The container's fps or frame count was implausible and was replaced."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What is known about a video file.
+
+    fps: frames per second used for timing (``ASSUMED_FPS`` when the metadata was unusable).
+    frame_count: number of frames (decoded count when the metadata was unusable or counted).
+    width, height: frame size in pixels.
+    duration: frame_count / fps, in seconds.
+    fps_assumed: True when ``fps`` is ``ASSUMED_FPS`` rather than the container's value.
+    frame_count_decoded: True when ``frame_count`` comes from decoding rather than metadata.
+    notes: human-readable remarks about replaced metadata.
+    """
+
+    fps: float
+    frame_count: int
+    width: int
+    height: int
+    duration: float
+    fps_assumed: bool = False
+    frame_count_decoded: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure sampling logic
+# ----------------------------------------------------------------------------------------------
+
+
+def sample_frame_indices(
+    num_frames: int,
+    video_fps: float,
+    fps: float = 1.0,
+    max_frames: int | None = 12,
+    slice_framepos: str = "uniform",
+) -> np.ndarray:
+    """Indices of the frames to keep, in increasing order (int64 array of length <= max_frames).
+
+    Candidates are the first frame at or after each time ``j / fps`` seconds (j = 0, 1, ...)
+    that lies inside the video, i.e. ``ceil(j * video_fps / fps)`` for ``fps=1``: the first frame
+    of each second; for ``fps > 1``: ``fps`` frames evenly spread inside each second. If there
+    are more than ``max_frames`` candidates, ``slice_framepos`` chooses ``head`` (the first
+    ``max_frames``), ``tail`` (the last) or ``uniform`` (``np.linspace`` over the candidate
+    positions, rounded to the nearest; CLIP4Clip truncates instead, which can differ by one
+    candidate). ``max_frames=None`` keeps every candidate.
+
+    num_frames: frames in the video (>= 0). video_fps: the video's frame rate (> 0).
+    fps: sampling rate in frames per second of video (> 0).
+    """
+    if num_frames < 0:
+        raise ValueError(f"num_frames must be >= 0, got {num_frames}")
+    if not (video_fps > 0 and math.isfinite(video_fps)):
+        raise ValueError(f"video_fps must be a positive finite number, got {video_fps}")
+    if not (fps > 0 and math.isfinite(fps)):
+        raise ValueError(f"fps (sampling rate) must be a positive finite number, got {fps}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
+    if slice_framepos not in SLICE_FRAMEPOS:
+        raise ValueError(f"slice_framepos must be one of {SLICE_FRAMEPOS}, got {slice_framepos!r}")
+    if num_frames == 0:
+        return np.zeros(0, dtype=np.int64)
+
+    step = video_fps / fps  # frames between two sample times
+    num_times = int(math.ceil(num_frames / step))  # sample times j/fps with j*step < num_frames
+    # The small epsilon keeps an exact integer product (e.g. 3 * 10.0) from rounding up to the
+    # next frame because of float error.
+    cand = np.ceil(np.arange(num_times, dtype=np.float64) * step - 1e-6).astype(np.int64)
+    cand = cand[cand < num_frames]
+    cand = np.unique(cand)  # fps > video_fps maps several times onto one frame
+
+    if max_frames is None or len(cand) <= max_frames:
+        return cand
+    if slice_framepos == "head":
+        return cand[:max_frames]
+    if slice_framepos == "tail":
+        return cand[-max_frames:]
+    pos = np.round(np.linspace(0, len(cand) - 1, num=max_frames)).astype(np.int64)
+    return cand[pos]
+
+
+def _sanitize_fps(reported: float) -> tuple[float, str | None]:
+    """(fps to use, note or None). Unusable fps (0, negative, NaN, inf, absurd) -> ASSUMED_FPS."""
+    if reported is not None and math.isfinite(reported) and _FPS_RANGE[0] <= reported <= _FPS_RANGE[1]:
+        return float(reported), None
+    return ASSUMED_FPS, (
+        f"reported fps {reported!r} is outside {_FPS_RANGE[0]:g}..{_FPS_RANGE[1]:g}; "
+        f"assuming {ASSUMED_FPS:g} fps"
+    )
+
+
+def _sanitize_count(reported: float) -> int | None:
+    """Reported frame count as int, or None when it is unusable (<= 0, NaN, absurd)."""
+    if reported is None or not math.isfinite(reported) or reported < 1 or reported > _MAX_PLAUSIBLE_FRAMES:
+        return None
+    return int(round(reported))
+
+
+# ----------------------------------------------------------------------------------------------
+# OpenCV access
+# ----------------------------------------------------------------------------------------------
+
+
+def _decode_threads() -> int:
+    """FFmpeg decoding threads per capture: ``$CLIP4CLIP_DECODE_THREADS``, default 1 (0 = FFmpeg's choice)."""
+    value = os.environ.get("CLIP4CLIP_DECODE_THREADS", "1")
+    try:
+        return max(int(value), 0)
+    except ValueError:
+        raise ValueError(f"CLIP4CLIP_DECODE_THREADS={value!r}; expected a non-negative integer") from None
+
+
+def _open_capture(path: str) -> cv2.VideoCapture:
+    """Open ``path`` with OpenCV's FFmpeg backend. Separate so tests can substitute a capture.
+
+    One decoding thread by default: loading parallelises across videos (DataLoader workers, the
+    frame cache's threads), and per-capture thread pools only add start-up cost and
+    oversubscription (3x slower on the 64x64 synthetic clips, no gain on 340x256 footage).
+    """
+    threads = _decode_threads()
+    if threads and hasattr(cv2, "CAP_PROP_N_THREADS"):
+        return cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads])
+    return cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+
+
+def _check_file(path: str | os.PathLike) -> str:
+    """Return ``path`` as str after checking it exists and is non-empty (VideoReadError if not)."""
+    p = Path(path)
+    if not p.exists():
+        raise VideoReadError(p, "file does not exist")
+    if not p.is_file():
+        raise VideoReadError(p, "not a regular file")
+    if p.stat().st_size == 0:
+        raise VideoReadError(p, "file is empty (0 bytes)")
+    return str(p)
+
+
+def _open_checked(path: str) -> cv2.VideoCapture:
+    cap = _open_capture(path)
+    if not cap.isOpened():
+        cap.release()
+        raise VideoReadError(
+            path,
+            "OpenCV (FFmpeg backend) cannot open it: not a video, an unsupported codec, or a "
+            "corrupt/truncated container (an .mp4 cut short usually loses its 'moov' index)",
+        )
+    return cap
+
+
+def _count_decodable(path: str, cap: cv2.VideoCapture | None = None) -> int:
+    """Number of frames that decode, by grabbing to the end (from a fresh or given capture)."""
+    own = cap is None
+    cap = _open_checked(path) if own else cap
+    try:
+        n = 0
+        while cap.grab():
+            n += 1
+        return n
+    finally:
+        if own:
+            cap.release()
+
+
+def probe_video(path: str | os.PathLike, count_frames: bool = False) -> VideoInfo:
+    """Metadata of a video, with broken values replaced.
+
+    fps: the container's value, or ``ASSUMED_FPS`` (with a note) when it is 0/NaN/absurd.
+    frame_count: the container's value; counted by decoding the whole file when the value is
+    unusable or when ``count_frames=True`` (the only way to be sure; costs a full decode).
+    Raises VideoReadError when the file is missing, empty, cannot be opened, or (when counted)
+    has no decodable frame.
+    """
+    spath = _check_file(path)
+    cap = _open_checked(spath)
+    try:
+        fps, fps_note = _sanitize_fps(cap.get(cv2.CAP_PROP_FPS))
+        reported_count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if width <= 0 or height <= 0:
+            ok, frame = cap.read()
+            if ok and frame is not None:
+                height, width = frame.shape[:2]
+    finally:
+        cap.release()
+
+    notes = [fps_note] if fps_note else []
+    count = _sanitize_count(reported_count)
+    decoded = False
+    if count is None or count_frames:
+        n = _count_decodable(spath)
+        if count is None:
+            notes.append(f"reported frame count {reported_count!r} is unusable; counted {n} decodable frames")
+        elif n != count:
+            notes.append(f"container reports {count} frames but {n} decode; using {n}")
+        count, decoded = n, True
+        if n == 0:
+            raise VideoReadError(spath, "no decodable frames")
+    return VideoInfo(
+        fps=fps,
+        frame_count=count,
+        width=width,
+        height=height,
+        duration=count / fps,
+        fps_assumed=fps_note is not None,
+        frame_count_decoded=decoded,
+        notes=tuple(notes),
+    )
+
+
+def _decode_selected(cap: cv2.VideoCapture, indices: Sequence[int], verify_until: int | None):
+    """One sequential pass over an open capture positioned at frame 0: retrieve the frames at
+    ``indices``, only grab the others.
+
+    Returns (frames dict index -> RGB uint8 [H,W,3], decoded_count or None). ``decoded_count`` is
+    the number of frames in the file when the pass found out (decoding stopped early, or
+    ``verify_until`` is given and frame ``verify_until`` exists, in which case the pass counts
+    to the end); None when every wanted frame was read and the count was not checked.
+    """
+    wanted = set(int(i) for i in indices)
+    last = max(wanted) if wanted else -1
+    stop = last if verify_until is None else max(last, verify_until)
+    frames: dict[int, np.ndarray] = {}
+    i = 0
+    while i <= stop:
+        if not cap.grab():
+            return frames, i
+        if i in wanted:
+            ok, bgr = cap.retrieve()
+            if not ok or bgr is None:
+                # A frame that grabs but does not convert is as good as the end of the file.
+                return frames, i
+            frames[i] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        i += 1
+    if verify_until is None:
+        return frames, None
+    # Frame ``verify_until`` (== the reported count) exists: the metadata undercounts.
+    while cap.grab():
+        i += 1
+    return frames, i
+
+
+def read_frames(
+    path: str | os.PathLike,
+    fps: float = 1.0,
+    max_frames: int | None = 12,
+    slice_framepos: str = "uniform",
+    frame_order: str = "normal",
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample frames from a video file.
+
+    Returns ``(frames, timestamps)``: frames uint8 [T, H, W, 3] RGB, timestamps float64 [T] in
+    seconds (frame index / fps), T <= max_frames, in ``frame_order``: ``normal`` (increasing
+    time), ``reverse`` or ``random`` (a permutation drawn from ``rng``; a fresh generator when
+    None). Sampling: see ``sample_frame_indices``.
+
+    Robustness: unusable fps metadata -> ``ASSUMED_FPS``. If fewer frames decode than the
+    container reports (a truncated or damaged file), the frames are re-sampled from the decoded
+    range and a ``VideoTruncatedWarning`` is issued; if more exist than reported, the real count
+    is used. Only when no frame decodes at all does it raise. Raises VideoReadError (naming the
+    file) for a missing/empty/unopenable file or one without decodable frames.
+    """
+    if frame_order not in FRAME_ORDERS:
+        raise ValueError(f"frame_order must be one of {FRAME_ORDERS}, got {frame_order!r}")
+    spath = _check_file(path)
+    cap = _open_checked(spath)
+    try:
+        video_fps, fps_note = _sanitize_fps(cap.get(cv2.CAP_PROP_FPS))
+        reported = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        if fps_note:
+            warnings.warn(f"{spath}: {fps_note}", VideoMetadataWarning, stacklevel=2)
+        count = _sanitize_count(reported)
+        if count is None:
+            count = _count_decodable(spath)
+            warnings.warn(
+                f"{spath}: reported frame count {reported!r} is unusable; counted {count} frames",
+                VideoMetadataWarning,
+                stacklevel=2,
+            )
+            if count == 0:
+                raise VideoReadError(spath, "no decodable frames")
+        idx = sample_frame_indices(count, video_fps, fps, max_frames, slice_framepos)
+        # The selection depends on the total count unless it is ``head`` and already full; only
+        # then is checking that the file really ends at ``count`` skipped (checking can cost a
+        # decode of the rest of the file; for uniform/tail that is under one sampling interval).
+        full_head = slice_framepos == "head" and max_frames is not None and len(idx) == max_frames
+        frames, decoded = _decode_selected(cap, idx, None if full_head else count)
+    finally:
+        cap.release()
+
+    if decoded is not None and decoded != count:
+        if decoded == 0:
+            raise VideoReadError(spath, f"no decodable frames (container reports {count})")
+        if decoded < count:
+            warnings.warn(
+                f"{spath}: container reports {count} frames but only {decoded} decode "
+                "(truncated or damaged file); sampling from the decoded frames",
+                VideoTruncatedWarning,
+                stacklevel=2,
+            )
+        idx = sample_frame_indices(decoded, video_fps, fps, max_frames, slice_framepos)
+        if not all(int(i) in frames for i in idx):
+            cap = _open_checked(spath)
+            try:
+                frames, _ = _decode_selected(cap, idx, None)
+            finally:
+                cap.release()
+            if not all(int(i) in frames for i in idx):  # the file changed under us / flaky decode
+                raise VideoReadError(spath, "decoding is not repeatable (frames vanished on a second pass)")
+
+    out = np.stack([frames[int(i)] for i in idx])
+    times = idx.astype(np.float64) / video_fps
+    if frame_order == "reverse":
+        out, times = out[::-1], times[::-1]
+    elif frame_order == "random":
+        perm = (rng if rng is not None else np.random.default_rng()).permutation(len(idx))
+        out, times = out[perm], times[perm]
+    return np.ascontiguousarray(out), np.ascontiguousarray(times)
