@@ -27,7 +27,8 @@ class SeqTransf(TemporalHead):
         self.frame_position_embeddings = nn.Embedding(num_positions, width)
         self.transformer = Transformer(width, num_blocks, heads or default_heads(width))
         init_transformer_(self.transformer)
-        nn.init.normal_(self.frame_position_embeddings.weight, std=0.01)
+        # nn.Embedding keeps its N(0, 1) init, as in CLIP4Clip before the copy from CLIP: a
+        # position signal as large as the (layer-normed) features, so order is learnable at once.
 
     def contextualize(self, frame_features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """[B, T, D], [B, T] -> [B, T, D]: frames after the blocks plus the residual to the

@@ -1,0 +1,186 @@
+"""Thin builder from plain config mappings to model and tokenizer objects.
+
+The only place that turns configuration into constructor calls for the model package; the
+model classes themselves take plain arguments. Accepts dicts or OmegaConf containers.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+from .clip import CLIP, CLIPConfig, clip_from_state_dict, load_clip
+from .heads import build_head
+from .model import CLIP4Clip
+from .tokenizer import ClipTokenizer, WordTokenizer
+
+
+def _plain(cfg: Any) -> dict:
+    if cfg is None:
+        return {}
+    try:  # OmegaConf containers -> plain dicts without importing omegaconf here
+        from omegaconf import OmegaConf
+        if OmegaConf.is_config(cfg):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+def build_tokenizer(model_cfg: Mapping, train_texts: Optional[Sequence[str]] = None,
+                    state: Optional[dict] = None):
+    """``model.tokenizer``: 'clip' (CLIP's BPE; vocabulary resolved at run time) or 'word'
+    (vocabulary built from the training captions, or restored from a checkpoint's state)."""
+    cfg = _plain(model_cfg)
+    kind = cfg.get("tokenizer", "clip")
+    if kind == "clip":
+        return ClipTokenizer(vocab_path=cfg.get("bpe_vocab"), cache_dir=(cfg.get("clip") or {}).get("cache_dir"))
+    if kind == "word":
+        if state is not None:
+            return WordTokenizer.from_state_dict(state)
+        if train_texts is None:
+            raise ValueError("model.tokenizer=word needs the training captions to build its vocabulary")
+        return WordTokenizer.build(train_texts)
+    raise ValueError(f"model.tokenizer={kind!r}; expected 'clip' or 'word'")
+
+
+def tokenizer_state(tokenizer) -> dict:
+    return tokenizer.state_dict() if isinstance(tokenizer, WordTokenizer) else {"kind": "clip"}
+
+
+def head_kwargs(model_cfg: Mapping) -> tuple:
+    head = dict(_plain(model_cfg).get("head") or {"name": "meanP"})
+    name = head.pop("name", "meanP")
+    return name, head
+
+
+def build_model(model_cfg: Mapping, vocab_size: Optional[int] = None,
+                adapter_cfg: Optional[Mapping] = None, init_state: Optional[Mapping] = None) -> CLIP4Clip:
+    """Model from ``model`` config: ``clip.pretrained`` (released name or file) or
+    ``clip.arch`` (CLIPConfig fields, random init; vocab_size taken from the tokenizer),
+    ``head`` ({name, **kwargs}), ``init_head_from_clip``, ``grad_checkpointing``; then the
+    ``adapter`` config (AIM / LoRA injection and freezing) if given.
+
+    ``init_state``: a full CLIP4Clip state dict to start from (``model.init_checkpoint``,
+    e.g. a finished run that adapters are now added to); loaded before injection."""
+    cfg = _plain(model_cfg)
+    clip_cfg = cfg.get("clip") or {}
+    if init_state is not None:
+        clip = CLIP(CLIPConfig.from_state_dict({k[5:]: v for k, v in init_state.items() if k.startswith("clip.")}))
+        init_from_clip = False
+    elif clip_cfg.get("pretrained"):
+        clip = load_clip(clip_cfg["pretrained"], cache_dir=clip_cfg.get("cache_dir"))
+        init_from_clip = cfg.get("init_head_from_clip", True)
+    elif clip_cfg.get("arch"):
+        arch = dict(clip_cfg["arch"])
+        if vocab_size is not None:
+            arch["vocab_size"] = vocab_size
+        clip = CLIP(CLIPConfig.from_dict(arch))
+        init_from_clip = False  # nothing learned to copy from a random CLIP
+    else:
+        raise ValueError("model.clip needs either 'pretrained' (e.g. ViT-B/32 or a file) or 'arch'")
+    name, kwargs = head_kwargs(cfg)
+    model = CLIP4Clip.from_clip(clip, name, init_head_from_clip=init_from_clip, **kwargs)
+    if init_state is not None:
+        _load_init_state(model, init_state)
+    apply_adapters(model, adapter_cfg)
+    model.clip.set_grad_checkpointing(bool(cfg.get("grad_checkpointing", False)))
+    return model
+
+
+def _load_init_state(model: CLIP4Clip, init_state: Mapping) -> None:
+    """CLIP weights must match exactly; the head's only if it is the same kind of head."""
+    own = model.state_dict()
+    head_ok = all(k in own and own[k].shape == v.shape for k, v in init_state.items() if k.startswith("head."))
+    wanted = {k: v for k, v in init_state.items() if k.startswith("clip.") or head_ok}
+    missing, unexpected = model.load_state_dict(wanted, strict=False)
+    missing = [k for k in missing if k.startswith("clip.")]
+    if missing or unexpected:
+        raise ValueError(f"model.init_checkpoint does not fit this model: missing {missing[:10]}, "
+                         f"unexpected {unexpected[:10]}")
+
+
+def apply_adapters(model: CLIP4Clip, adapter_cfg: Optional[Mapping]) -> Optional[dict]:
+    """Inject AIM adapters / text LoRA and freeze the rest as ``adapter`` config says.
+    Returns the parameter summary, or None for ``adapter.name: none``."""
+    cfg = _plain(adapter_cfg)
+    if not cfg or cfg.get("name", "none") == "none":
+        return None
+    import adapters  # only needed when adapters are configured
+
+    aim = cfg.get("aim")
+    if aim:
+        aim = dict(aim)
+        adapters.inject_aim(model.clip.visual, num_frames=int(aim.pop("num_frames")), **aim)
+    lora = cfg.get("lora")
+    if lora:
+        lora = dict(lora)
+        if "targets" in lora:
+            lora["targets"] = tuple(lora["targets"])
+        adapters.inject_lora(model.clip.transformer, **lora)
+    train = {f"train_{k}": bool(v) for k, v in dict(cfg.get("train") or {}).items()}
+    return adapters.configure_trainable(model, **train)
+
+
+def model_args(model: CLIP4Clip, model_cfg: Mapping, adapter_cfg: Optional[Mapping] = None) -> dict:
+    """What is needed to rebuild the architecture without the pretrained file (nanoGPT-style)."""
+    name, kwargs = head_kwargs(model_cfg)
+    return {"clip": model.clip.config.to_dict(), "head": name, "head_kwargs": kwargs,
+            "adapter": _plain(adapter_cfg) or {"name": "none"}}
+
+
+def model_from_args(args: Mapping, state_dict: Optional[Mapping] = None) -> CLIP4Clip:
+    """Rebuild a CLIP4Clip (with its adapters) from ``model_args`` and load a FULL
+    ``state_dict`` strictly. Trainable-only checkpoints need the base weights: see
+    ``load_model_from_checkpoint``."""
+    clip = CLIP(CLIPConfig.from_dict(args["clip"]))
+    head = build_head(args["head"], clip.embed_dim, **dict(args.get("head_kwargs") or {}))
+    model = CLIP4Clip(clip, head)
+    apply_adapters(model, args.get("adapter"))
+    if state_dict is not None:
+        missing, unexpected = model.load_state_dict(dict(state_dict), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint weights do not match the model they claim to be "
+                             f"({args['head']} on {args['clip']}): missing {missing[:10]}, "
+                             f"unexpected {unexpected[:10]}")
+    return model
+
+
+def init_state(model_cfg: Mapping) -> Optional[dict]:
+    """The full state dict named by ``model.init_checkpoint`` (one of our checkpoints), if any."""
+    path = _plain(model_cfg).get("init_checkpoint")
+    if not path:
+        return None
+    from .engine.checkpoint import load_checkpoint  # local: the model package never needs it
+    ckpt = load_checkpoint(path)
+    if ckpt.get("weights") == "trainable":
+        raise ValueError(f"model.init_checkpoint={path} holds only adapter weights; start from a full checkpoint")
+    return ckpt["model"]
+
+
+def init_tokenizer_state(model_cfg: Mapping) -> Optional[dict]:
+    """The word vocabulary of ``model.init_checkpoint``: a model continues with its own tokens."""
+    path = _plain(model_cfg).get("init_checkpoint")
+    if not path:
+        return None
+    from .engine.checkpoint import load_checkpoint
+    state = load_checkpoint(path).get("tokenizer")
+    return state if state and state.get("kind") != "clip" else None
+
+
+def load_model_from_checkpoint(ckpt: Mapping) -> CLIP4Clip:
+    """Rebuild the model of one of our checkpoints. Full checkpoints need nothing else;
+    trainable-only ones (``weights: trainable``) first load the base CLIP their config names."""
+    if ckpt.get("weights") == "trainable":
+        import adapters
+        mcfg = ckpt["config"]["model"]
+        model = build_model(mcfg, vocab_size=ckpt["model_args"]["clip"]["vocab_size"],
+                            adapter_cfg=ckpt["model_args"].get("adapter"), init_state=init_state(mcfg))
+        if model.clip.config.to_dict() != dict(ckpt["model_args"]["clip"]):
+            raise ValueError("the base CLIP named in this adapter checkpoint's config "
+                             f"({ckpt['config']['model']['clip']}) is not the one it was trained on")
+        adapters.load_trainable_state_dict(model, ckpt["model"])
+        return model
+    return model_from_args(ckpt["model_args"], ckpt["model"])
+
+
+__all__ = ["build_model", "apply_adapters", "load_model_from_checkpoint", "build_tokenizer", "tokenizer_state", "model_args", "model_from_args",
+           "clip_from_state_dict"]

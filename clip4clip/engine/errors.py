@@ -1,0 +1,24 @@
+"""Turn expected failures (bad paths, bad values, NaN losses) into one-line messages."""
+import contextlib
+import os
+import sys
+
+from ..download import DownloadError
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Print ``error: <message>`` and exit with status 2 for failures a user can fix; anything
+    else keeps its traceback (a bug). CLIP4CLIP_TRACEBACK=1 shows the traceback always."""
+    from data import VideoReadError
+
+    from .trainer import NonFiniteLossError
+    try:
+        yield
+    except (FileNotFoundError, PermissionError, ValueError, KeyError, DownloadError,
+            NonFiniteLossError, VideoReadError) as e:
+        if os.environ.get("CLIP4CLIP_TRACEBACK"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr, flush=True)
+        raise SystemExit(2)

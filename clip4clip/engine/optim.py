@@ -1,0 +1,84 @@
+"""Optimiser parameter groups and the warmup-cosine learning-rate schedule."""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Set
+
+import torch
+from torch import nn
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    # Norm weights, biases, scalars (logit_scale) and embedding tables are not decayed:
+    # decaying them shrinks scales and positions rather than regularising features.
+    return param.ndim < 2 or "embedding" in name or name.endswith("logit_scale")
+
+
+def pretrained_names(model: nn.Module) -> Set[str]:
+    """Names of the CLIP backbone's own parameters: everything under ``clip.`` except modules
+    injected into it (AIM adapters, temporal embedding, LoRA), which are new."""
+    try:
+        from adapters import Adapter, LoRA, TemporalEmbedding
+        injected = (Adapter, LoRA, TemporalEmbedding)
+    except ImportError:  # pragma: no cover
+        injected = ()
+    new = set()
+    for mod_name, module in model.named_modules():
+        if injected and isinstance(module, injected):
+            new.update(f"{mod_name}.{n}" for n, _ in module.named_parameters())
+    return {n for n, _ in model.named_parameters() if n.startswith("clip.") and n not in new}
+
+
+def param_groups(model: nn.Module, lr: float, coef_lr: float, weight_decay: float,
+                 pretrained: Optional[Set[str]] = None) -> List[dict]:
+    """Four groups: {pretrained, new} x {decay, no decay}. Pretrained (CLIP) weights get
+    ``lr * coef_lr`` (CLIP4Clip's 1e-7 vs 1e-4), new modules (heads, adapters) ``lr``. Frozen
+    parameters are left out. Each group carries a ``name`` for logging."""
+    pretrained = pretrained_names(model) if pretrained is None else pretrained
+    buckets = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_pretrained = name in pretrained
+        key = ("clip" if is_pretrained else "new") + ("_no_decay" if _no_decay(name, p) else "")
+        buckets.setdefault(key, []).append(p)
+    groups = []
+    for key in ("clip", "clip_no_decay", "new", "new_no_decay"):
+        if key in buckets:
+            groups.append({
+                "name": key, "params": buckets[key],
+                "lr": lr * (coef_lr if key.startswith("clip") else 1.0),
+                "weight_decay": 0.0 if key.endswith("no_decay") else weight_decay,
+            })
+    if not groups:
+        raise ValueError("the model has no trainable parameters: check the freezing settings")
+    return groups
+
+
+def build_optimizer(model: nn.Module, lr: float, coef_lr: float = 1.0, weight_decay: float = 0.2,
+                    betas=(0.9, 0.98), eps: float = 1e-6, fused: bool = False,
+                    pretrained: Optional[Set[str]] = None) -> torch.optim.AdamW:
+    """AdamW over ``param_groups``; ``fused`` uses the single-kernel CUDA implementation."""
+    groups = param_groups(model, lr, coef_lr, weight_decay, pretrained)
+    kwargs = {"fused": True} if fused else {}
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **kwargs)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.0):
+    """Multiplier for LambdaLR: linear 0->1 over ``warmup_steps``, then cosine to ``min_ratio``."""
+    total_steps = max(int(total_steps), 1)
+    warmup_steps = max(int(warmup_steps), 0)
+
+    def fn(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        progress = min(progress, 1.0)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return fn
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_proportion: float = 0.1,
+                    min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = int(round(total_steps * warmup_proportion))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup, min_ratio))

@@ -1,0 +1,256 @@
+"""The training loop: one epoch at a time, evaluation each epoch, checkpoints and resume.
+
+Objects come in fully built (model, optimiser, loaders...), so the loop knows nothing about
+configuration files; ``run.py`` builds them from the Hydra config.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..metrics import format_table
+from ..model import MAX_LOGIT_SCALE
+from .checkpoint import FORMAT, atomic_save, atomic_write_text, rng_state, set_rng_state
+from .evaluation import evaluate
+from .precision import autocast
+from .tensorboard import Logger, frame_strip, retrieval_grid
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the run stops without overwriting the last good checkpoint."""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0              # epochs fully completed
+    step: int = 0               # optimiser steps taken in total
+    step_in_epoch: int = 0      # steps taken inside the current (unfinished) epoch
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    history: List[dict] = field(default_factory=list)
+
+
+def monitor_value(metrics: dict, monitor: str) -> float:
+    """'t2v/R1' -> metrics['t2v']['R1']; 'rsum' -> sum of R1/R5/R10 both directions."""
+    if monitor == "rsum":
+        return sum(metrics[d][k] for d in ("t2v", "v2t") for k in ("R1", "R5", "R10"))
+    direction, key = monitor.split("/")
+    return float(metrics[direction][key])
+
+
+class Trainer:
+    def __init__(self, model, optimizer, scheduler, scaler, train_loader, sampler, device,
+                 precision: str, epochs: int, out_dir: Path, config: dict, extra_state: dict,
+                 val_loader=None, grad_clip: float = 1.0, log_every: int = 10,
+                 checkpoint_every_steps: int = 0, monitor: str = "t2v/R1",
+                 logger: Optional[Logger] = None, progress: bool = True,
+                 eval_every: int = 1, vis_queries: int = 4, is_main: bool = True):
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scaler = scaler
+        self.train_loader = train_loader
+        self.sampler = sampler
+        self.val_loader = val_loader
+        self.device = device
+        self.precision = precision
+        self.epochs = epochs
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.config = config
+        self.extra_state = extra_state
+        self.grad_clip = grad_clip
+        self.log_every = log_every
+        self.checkpoint_every_steps = checkpoint_every_steps
+        self.monitor = monitor
+        self.logger = logger or Logger(None)
+        self.progress = progress
+        self.eval_every = eval_every
+        self.vis_queries = vis_queries
+        self.is_main = is_main
+        self.state = TrainState()
+
+    # ------------------------------------------------------------------ checkpoints
+    def model_weights(self) -> dict:
+        """Full state dict, or only the trainable part for adapter runs (small files)."""
+        core = self.model_core()
+        if self.extra_state.get("weights") == "trainable":
+            from adapters import trainable_state_dict
+            return trainable_state_dict(core)
+        return core.state_dict()
+
+    def load_weights(self, ckpt: dict) -> None:
+        core = self.model_core()
+        if ckpt.get("weights") == "trainable":
+            from adapters import load_trainable_state_dict
+            load_trainable_state_dict(core, ckpt["model"])
+        else:
+            core.load_state_dict(ckpt["model"])
+
+    def checkpoint(self) -> dict:
+        return {
+            "format": FORMAT,
+            "model": self.model_weights(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "state": asdict(self.state),
+            "config": self.config,
+            **self.extra_state,
+        }
+
+    def save(self, name: str) -> Optional[Path]:
+        if not self.is_main:
+            return None
+        return atomic_save(self.checkpoint(), self.ckpt_dir / f"{name}.pt")
+
+    def restore(self, ckpt: dict) -> None:
+        self.load_weights(ckpt)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        self.state = TrainState(**ckpt["state"])
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self, batch: dict) -> Dict[str, float]:
+        model, dev = self.model, self.device
+        batch = {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with autocast(dev, self.precision):
+            out = model(batch["input_ids"], batch["attention_mask"], batch["video"], batch["video_mask"])
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            last = self.ckpt_dir / "last.pt"
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at epoch {self.state.epoch} step {self.state.step} "
+                f"(step {self.state.step_in_epoch} of the epoch); stopping. The last good checkpoint "
+                f"is {last if last.exists() else 'not written yet'}. Lower optim.lr or check the data.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        max_norm = self.grad_clip if self.grad_clip and self.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        with torch.no_grad():  # CLIP clamps the learned temperature so logits stay <= 100
+            self.model_core().clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        return {"loss": loss.item(), "grad_norm": float(grad_norm)}
+
+    def model_core(self):
+        """The CLIP4Clip module (unwrapped from DistributedDataParallel if wrapped)."""
+        return getattr(self.model, "module", self.model)
+
+    # ------------------------------------------------------------------ epochs
+    def train_epoch(self, epoch: int) -> Dict[str, float]:
+        self.model.train()
+        start = self.state.step_in_epoch
+        batch_size = self.train_loader.batch_size
+        self.sampler.set_epoch(epoch, start=start * batch_size)
+        dataset = self.train_loader.dataset
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        total = start + len(self.train_loader)
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.epochs}", initial=start,
+                   total=total, disable=not (self.progress and self.is_main), leave=False)
+        losses, t0, clips = [], time.perf_counter(), 0
+        for batch in bar:
+            stats = self.train_step(batch)
+            self.state.step += 1
+            self.state.step_in_epoch += 1
+            losses.append(stats["loss"])
+            clips += batch["video"].shape[0]
+            bar.set_postfix(loss=f"{stats['loss']:.4f}")
+            if self.state.step % self.log_every == 0:
+                elapsed = time.perf_counter() - t0
+                scalars = {"train/loss": stats["loss"], "train/grad_norm": stats["grad_norm"],
+                           "train/logit_scale": self.model_core().clip.logit_scale.exp().item(),
+                           "train/clips_per_s": clips / max(elapsed, 1e-9)}
+                for g in self.optimizer.param_groups:
+                    scalars[f"lr/{g.get('name', 'group')}"] = g["lr"]
+                self.logger.scalars(scalars, self.state.step)
+                t0, clips = time.perf_counter(), 0
+            if self.checkpoint_every_steps and self.state.step % self.checkpoint_every_steps == 0:
+                self.save("last")
+        return {"loss": sum(losses) / max(len(losses), 1)}
+
+    def validate(self, epoch: int) -> Optional[dict]:
+        if self.val_loader is None:
+            return None
+        metrics, enc = evaluate(self.model_core(), self.val_loader, self.device, self.precision,
+                                progress=self.progress and self.is_main, desc="validate")
+        self.logger.metrics(metrics, self.state.step, prefix="val")
+        if enc.frame_weights is not None:
+            self.logger.histogram("val/frame_weights", enc.frame_weights[enc.frame_weights > 0], self.state.step)
+        self._log_retrievals(enc, epoch)
+        return metrics
+
+    def _log_retrievals(self, enc, epoch: int) -> None:
+        """For a few captions, an image of their top-5 clips so a person can see the retrievals."""
+        if not (self.logger.writer and self.vis_queries):
+            return
+        dataset = self.val_loader.dataset
+        first_item_of = {}
+        for i, vid in enumerate(getattr(dataset, "video_ids", [])):
+            first_item_of.setdefault(vid, i)
+        sim = enc.text_emb[: self.vis_queries] @ enc.video_emb.t()
+        for q in range(sim.shape[0]):
+            top = sim[q].topk(min(5, sim.shape[1])).indices.tolist()
+            strips = []
+            for row in top:
+                vid = enc.video_ids[row]
+                if vid not in first_item_of:
+                    return  # dataset cannot map ids back to items: skip the picture
+                item = dataset[first_item_of[vid]]
+                strips.append(frame_strip(item["video"], torch.as_tensor(item["video_mask"])))
+            gt = enc.video_ids[int(enc.text_video_index[q])]
+            self.logger.image(f"retrieval/query{q}", retrieval_grid(strips), self.state.step)
+            self.logger.text(f"retrieval/query{q}",
+                             f"**{enc.texts[q]}** — ground truth {gt}; top-5: "
+                             + ", ".join(enc.video_ids[r] for r in top), self.state.step)
+
+    def fit(self) -> dict:
+        """Train from ``self.state`` to ``self.epochs``; returns the state as a dict."""
+        for epoch in range(self.state.epoch, self.epochs):
+            t0 = time.perf_counter()
+            train_stats = self.train_epoch(epoch)
+            self.state.epoch = epoch + 1
+            self.state.step_in_epoch = 0
+            record = {"epoch": epoch + 1, "step": self.state.step, "train_loss": train_stats["loss"],
+                      "epoch_time_s": time.perf_counter() - t0}
+            metrics = None
+            if (epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs:
+                metrics = self.validate(epoch)
+            if metrics is not None:
+                record["val"] = metrics
+                score = monitor_value(metrics, self.monitor)
+                if self.is_main:
+                    print(f"\nepoch {epoch + 1}/{self.epochs}  train loss {train_stats['loss']:.4f}  "
+                          f"({record['epoch_time_s']:.1f}s)\n{format_table(metrics)}", flush=True)
+                improved = score > self.state.best_score
+                if improved:
+                    self.state.best_score, self.state.best_epoch = score, epoch + 1
+            else:
+                improved = self.val_loader is None  # no validation: the latest is the best we know
+                if improved:
+                    self.state.best_epoch = epoch + 1
+            self.state.history.append(record)
+            self.save("last")
+            if improved:
+                self.save("best")
+            self.logger.scalars({"train/epoch_loss": train_stats["loss"]}, self.state.step)
+            self.logger.flush()
+        return asdict(self.state)
+
+
+def write_json(obj: Any, path: Path) -> None:
+    atomic_write_text(json.dumps(obj, indent=2, default=float) + "\n", path)

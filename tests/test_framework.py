@@ -1,0 +1,221 @@
+"""Framework: configs compose, a tiny run trains/evaluates/resumes, bad input fails early."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from clip4clip.builder import build_model
+from clip4clip.clip import CLIP, CLIPConfig
+from clip4clip.engine import trainer as trainer_mod
+from clip4clip.engine.checkpoint import load_checkpoint
+from clip4clip.engine.evaluate_run import run_evaluation
+from clip4clip.engine.run import run_training
+from framework_utils import CONFIGS, REPO, compose_cfg, tiny_train_overrides
+
+GROUP_DIRS = [p for p in CONFIGS.iterdir() if p.is_dir()]
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("data") / "synthetic"
+
+
+def _choices(group):
+    folder = CONFIGS / ("model/head" if group == "head" else group)
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", _choices("experiment"))
+def test_every_experiment_composes(experiment, tmp_path):
+    cfg = compose_cfg("train", [f"+experiment={experiment}", f"paths.output_dir={tmp_path}"])
+    OmegaConf.resolve(cfg)
+    assert cfg.model.head.name and cfg.dataset.name and cfg.optim.lr > 0
+    first_line = (CONFIGS / "experiment" / f"{experiment}.yaml").read_text().splitlines()
+    assert any(line.startswith("# python") and f"experiment={experiment}" in line for line in first_line[:3])
+
+
+@pytest.mark.parametrize("group", ["dataset", "head", "optim", "trainer", "adapter", "model"])
+def test_every_config_group_choice_composes(group, tmp_path):
+    target = "model/head" if group == "head" else group
+    for choice in _choices(group):
+        cfg = compose_cfg("train", [f"{target}={choice}", f"paths.output_dir={tmp_path}"])
+        OmegaConf.resolve(cfg)
+
+
+@pytest.mark.parametrize("head", _choices("head"))
+def test_every_head_builds_on_a_pretrained_file_and_on_random_weights(head, tmp_path):
+    # The pretrained path: a tiny CLIP saved to a file stands in for ViT-B/32.
+    clip = CLIP(CLIPConfig(embed_dim=64, image_resolution=32, vision_layers=1, vision_width=64,
+                           vision_patch_size=16, context_length=77, vocab_size=100,
+                           transformer_width=64, transformer_layers=4))
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    cfg = compose_cfg("train", [f"model/head={head}", f"model.clip.pretrained={tmp_path / 'clip.pt'}",
+                                f"paths.output_dir={tmp_path}"])
+    model = build_model(cfg.model)
+    if head in ("seqTransf", "frameweight"):  # initialised from the text tower, as CLIP4Clip
+        assert torch.equal(model.head.transformer.resblocks[0].attn.in_proj_weight,
+                           clip.state_dict()["transformer.resblocks.0.attn.in_proj_weight"])
+    video = torch.randn(2, 3, 3, 32, 32)
+    assert model.encode_video(video, torch.ones(2, 3)).shape == (2, 64)
+    tiny = compose_cfg("train", ["model=tiny", f"model/head={head}", f"paths.output_dir={tmp_path}"])
+    assert build_model(tiny.model, vocab_size=50).clip.config.vocab_size == 50
+
+
+def test_unknown_experiment_and_key_are_refused(tmp_path):
+    with pytest.raises(ConfigCompositionException, match="nope"):
+        compose_cfg("train", ["+experiment=nope"])
+    with pytest.raises(ConfigCompositionException, match="no_such_key"):
+        compose_cfg("train", ["trainer.no_such_key=1"])
+
+
+def test_train_evaluate_resume_end_to_end(tmp_path, synth_root):
+    out = tmp_path / "run"
+    metrics, objs = run_training(compose_cfg("train", tiny_train_overrides(out, synth_root)))
+    for name in ("last.pt", "best.pt"):
+        assert (out / "checkpoints" / name).is_file()
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved["test"]) == {"t2v", "v2t"} and "MdR" in saved["test"]["t2v"]
+    assert len(saved["history"]) == 2 and "val" in saved["history"][0]
+    assert (out / "config.yaml").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["config"]["trainer"]["epochs"] == 2 and ckpt["state"]["epoch"] == 2
+    assert ckpt["tokenizer"]["kind"] == "word"
+
+    # evaluate.py on our checkpoint reproduces the test metrics of the best checkpoint,
+    # whatever the evaluation batch size.
+    for bs in (3, 16):
+        ev_cfg = compose_cfg("evaluate", [f"checkpoint={out / 'checkpoints' / 'best.pt'}",
+                                          f"paths.output_dir={tmp_path / f'eval{bs}'}",
+                                          f"trainer.eval_batch_size={bs}", "trainer.progress=false"])
+        result, _ = run_evaluation(ev_cfg, overrides=[f"trainer.eval_batch_size={bs}"])
+        assert result["checkpoint_kind"] == "ours"
+        for d in ("t2v", "v2t"):
+            for k in ("R1", "R5", "R10", "MdR", "MnR"):
+                assert result["metrics"][d][k] == pytest.approx(metrics["test"][d][k]), (bs, d, k)
+        assert json.loads((tmp_path / f"eval{bs}" / "metrics.json").read_text())["num_texts"] == 16
+
+
+def test_interrupted_then_resumed_run_ends_with_identical_weights(tmp_path, synth_root, monkeypatch):
+    extra = ["trainer.checkpoint_every_steps=1", "trainer.tensorboard=false"]
+    full_out = tmp_path / "full"
+    run_training(compose_cfg("train", tiny_train_overrides(full_out, synth_root, extra)))
+    full = load_checkpoint(full_out / "checkpoints" / "last.pt")
+
+    # Kill the second run in the middle of epoch 2 (step 5 of 6), then resume from its folder.
+    part_out = tmp_path / "part"
+    original = trainer_mod.Trainer.train_step
+    calls = {"n": 0}
+
+    def dying_step(self, batch):
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated kill")
+        calls["n"] += 1
+        return original(self, batch)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(compose_cfg("train", tiny_train_overrides(part_out, synth_root, extra)))
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", original)
+    mid = load_checkpoint(part_out / "checkpoints" / "last.pt")
+    assert mid["state"]["step"] == 4 and mid["state"]["epoch"] == 1 and mid["state"]["step_in_epoch"] == 1
+
+    run_training(compose_cfg("train", tiny_train_overrides(part_out, synth_root, extra + [f"trainer.resume={part_out}"])))
+    resumed = load_checkpoint(part_out / "checkpoints" / "last.pt")
+    assert resumed["state"]["step"] == full["state"]["step"]
+    for k, v in full["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    assert resumed["optimizer"]["state"].keys() == full["optimizer"]["state"].keys()
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, synth_root, monkeypatch):
+    out = tmp_path / "nan"
+    original = trainer_mod.Trainer.train_step
+
+    def poisoned(self, batch):
+        if self.state.step == 4:
+            with torch.no_grad():
+                self.model.clip.visual.proj.fill_(float("nan"))
+        return original(self, batch)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", poisoned)
+    with pytest.raises(trainer_mod.NonFiniteLossError, match="step 4") as info:
+        run_training(compose_cfg("train", tiny_train_overrides(out, synth_root, ["trainer.tensorboard=false"])))
+    assert "last.pt" in str(info.value)
+    good = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert good["state"]["step"] == 3
+    assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
+
+
+def test_resume_with_another_model_is_refused(tmp_path, synth_root):
+    out = tmp_path / "a"
+    run_training(compose_cfg("train", tiny_train_overrides(out, synth_root, ["trainer.epochs=1", "trainer.tensorboard=false"])))
+    with pytest.raises(ValueError, match="different model"):
+        run_training(compose_cfg("train", tiny_train_overrides(
+            tmp_path / "b", synth_root, [f"trainer.resume={out}", "model/head=meanP"])))
+
+
+def test_missing_dataset_and_unwritable_output_fail_before_work(tmp_path):
+    cfg = compose_cfg("train", ["dataset=msrvtt9k", f"dataset.root={tmp_path / 'nowhere'}",
+                                f"paths.output_dir={tmp_path / 'out'}", "model=tiny"])
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run_training(cfg)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfg = compose_cfg("train", ["model=tiny", f"paths.output_dir={blocker / 'sub'}"])
+    with pytest.raises(PermissionError, match="not writable"):
+        run_training(cfg)
+    cfg = compose_cfg("train", ["model=tiny", f"paths.output_dir={tmp_path}", "trainer.epochs=0"])
+    with pytest.raises(ValueError, match="trainer.epochs"):
+        run_training(cfg)
+
+
+def test_evaluate_official_checkpoint_and_zero_shot_clip(tmp_path, synth_root, reference_dir, bpe_vocab_path):
+    # The reference checkpoints are built on a 32px CLIP, so they run on the synthetic clips.
+    from data import ensure_synthetic_dataset
+    ensure_synthetic_dataset(synth_root, progress=False, num_train=48, num_val=16, num_test=16)
+    common = ["dataset=synthetic", f"dataset.root={synth_root}", "dataset.generator.num_train=48",
+              "dataset.generator.num_val=16", "dataset.generator.num_test=16", "dataset.max_frames=4",
+              f"model.bpe_vocab={bpe_vocab_path}", "trainer.progress=false"]
+    for ckpt, kind in ((reference_dir / "clip4clip_seqTransf_official_ckpt.bin", "official"),
+                       (reference_dir / "clip_tiny_openai_state_dict.pt", "clip")):
+        cfg = compose_cfg("evaluate", [f"checkpoint={ckpt}", f"paths.output_dir={tmp_path / kind}", *common])
+        result, objs = run_evaluation(cfg)
+        assert result["checkpoint_kind"] == kind and result["num_texts"] == 16
+        assert 0 <= result["metrics"]["t2v"]["R1"] <= 100
+    assert type(objs["model"].head).__name__ == "MeanPooling"
+    bad = tmp_path / "bad.bin"
+    torch.save({"foo": torch.zeros(1)}, bad)
+    cfg = compose_cfg("evaluate", [f"checkpoint={bad}", f"paths.output_dir={tmp_path / 'bad'}", *common])
+    with pytest.raises(ValueError, match="none of"):
+        run_evaluation(cfg)
+
+
+@pytest.mark.slow
+def test_command_line_entry_points(tmp_path, synth_root):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    out = tmp_path / "cli"
+    args = [a for a in tiny_train_overrides(out, synth_root, ["trainer.epochs=1"]) if not a.startswith("paths.")]
+    proc = subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={out}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "R@1" in proc.stdout and (out / "metrics.json").is_file()
+    assert (out / ".hydra" / "config.yaml").is_file() and (out / "config.yaml").is_file()
+
+    proc = subprocess.run([sys.executable, "evaluate.py", f"checkpoint={out / 'checkpoints' / 'best.pt'}",
+                           f"hydra.run.dir={tmp_path / 'ev'}", "trainer.progress=false"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "t2v" in proc.stdout
+
+    proc = subprocess.run([sys.executable, "train.py", "dataset=msrvtt9k", f"dataset.root={tmp_path / 'none'}",
+                           "model=tiny", f"hydra.run.dir={tmp_path / 'x'}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "error:" in proc.stderr and "none" in proc.stderr
+    assert "Traceback" not in proc.stderr
