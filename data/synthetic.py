@@ -43,12 +43,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .synthetic_render import SHAPES, ClipSpec, all_combos, canonical_caption, make_clip_spec, paraphrases, render_clip
+from .synthetic_render import SHAPES, ClipSpec, all_combos, canonical_caption, make_clip_spec, paraphrases, render_clip, reversed_spec
 
 __all__ = ["GENERATOR_VERSION", "SyntheticConfig", "default_synthetic_root", "ensure_synthetic_dataset"]
 
 #: Bump when rendering or layout changes, so cached datasets are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 MARKER = "COMPLETE"
 _SPLIT_CODES = {"train": 0, "validate": 1, "test": 2}
 
@@ -59,7 +59,12 @@ class SyntheticConfig:
 
     frame_size: width = height in pixels; video_fps: frames per second of the files;
     seconds: clip length; num_*: clips per split; train_captions: captions per train video
-    (canonical + paraphrases, 1..9); train_7k_fraction: share of train videos in the 7k CSV.
+    (canonical + paraphrases, 1..9); train_7k_fraction: share of train videos in the 7k CSV;
+    minimal_pairs: train clips come in groups of 4 consecutive videos sharing colour, shape and
+    background: a clip, its exact time reversal (opposite direction, same frames backwards),
+    and a perpendicular clip with its reversal. Batches that keep such groups together
+    (``trainer.shuffle_block=4``) always hold negatives that differ only in motion direction,
+    which a contrastive loss needs to learn direction at all.
     """
 
     seed: int = 0
@@ -71,6 +76,7 @@ class SyntheticConfig:
     num_test: int = 500
     train_captions: int = 5
     train_7k_fraction: float = 0.78
+    minimal_pairs: bool = True
 
     def validate(self) -> None:
         n_combos = len(all_combos())
@@ -121,6 +127,9 @@ def _plan(cfg: SyntheticConfig) -> list[dict]:
     for split, count in (("train", cfg.num_train), ("validate", cfg.num_val), ("test", cfg.num_test)):
         code = _SPLIT_CODES[split]
         pick_rng = np.random.default_rng([cfg.seed, code, 1_000_000])
+        if split == "train" and cfg.minimal_pairs:
+            records.extend(_plan_minimal_pair_groups(cfg, code, count, num_frames, len(records)))
+            continue
         if split == "train" and count >= n:
             # Every combo at least once, the rest at random, then shuffled.
             extra = pick_rng.integers(0, n, size=count - n)
@@ -136,6 +145,38 @@ def _plan(cfg: SyntheticConfig) -> list[dict]:
                 pick = np.random.default_rng([cfg.seed, code, i, 1]).choice(len(alts), cfg.train_captions - 1, replace=False)
                 captions += [alts[int(k)] for k in sorted(pick)]
             records.append({"split": split, "video_id": f"video{len(records)}", "spec": spec, "captions": captions})
+    return records
+
+
+def _plan_minimal_pair_groups(cfg: SyntheticConfig, code: int, count: int, num_frames: int,
+                              first_number: int) -> list[dict]:
+    """Train records in groups of 4 (see ``SyntheticConfig.minimal_pairs``); the scenes
+    (colour, shape, background) cycle through every possible one in a shuffled order."""
+    scenes = sorted({c[:3] for c in all_combos()})
+    pick_rng = np.random.default_rng([cfg.seed, code, 2_000_000])
+    order = []
+    while len(order) * 4 < count:
+        order.extend(int(i) for i in pick_rng.permutation(len(scenes)))
+    records = []
+    for g, scene_index in enumerate(order):
+        scene = scenes[scene_index]
+        rng = np.random.default_rng([cfg.seed, code, g])
+        first = ("left", "right", "up", "down")[int(rng.integers(4))]
+        perpendicular = ("up", "down") if first in ("left", "right") else ("left", "right")
+        second = perpendicular[int(rng.integers(2))]
+        for direction in (first, second):
+            spec = make_clip_spec((*scene, direction), rng, cfg.frame_size, cfg.frame_size, num_frames)
+            for s in (spec, reversed_spec(spec)):
+                if len(records) == count:
+                    return records
+                i = len(records)
+                combo = (s.color, s.shape, s.background, s.direction)
+                captions = [canonical_caption(*combo)]
+                if cfg.train_captions > 1:
+                    alts = paraphrases(*combo)
+                    pick = np.random.default_rng([cfg.seed, code, i, 1]).choice(len(alts), cfg.train_captions - 1, replace=False)
+                    captions += [alts[int(k)] for k in sorted(pick)]
+                records.append({"split": "train", "video_id": f"video{first_number + i}", "spec": s, "captions": captions})
     return records
 
 

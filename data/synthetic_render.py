@@ -29,6 +29,7 @@ __all__ = [
     "make_clip_spec",
     "paraphrases",
     "render_clip",
+    "reversed_spec",
 ]
 
 #: Shape colours, RGB. Names are plain colour words CLIP knows.
@@ -150,6 +151,17 @@ def make_clip_spec(
     start = (float(x0), float(y0))
     end = (float(x0 + dx * travel), float(y0 + dy * travel))
     return ClipSpec(color, shape, background, direction, float(r), start, end, num_frames, width, height)
+
+
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def reversed_spec(spec: ClipSpec) -> ClipSpec:
+    """The same clip played backwards: start and end swapped, opposite direction. Its frames
+    are exactly the original's in reverse order (motion is linear)."""
+    d = spec.to_dict()
+    d.update(start=spec.end, end=spec.start, direction=OPPOSITE[spec.direction])
+    return ClipSpec(**d)
 
 
 def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> np.ndarray:

@@ -16,11 +16,10 @@ from ..clip import PRETRAINED, clip_from_state_dict, load_clip, read_state_dict
 from ..metrics import format_table
 from ..model import CLIP4Clip
 from .checkpoint import is_framework_checkpoint, seed_everything
-from .collate import TokenizeCollate
 from .datasets import build_split, dataset_root
 from .evaluation import evaluate
 from .precision import resolve_device, resolve_precision
-from .run import _loader, _save_config, check_output_dir, to_container
+from .run import _save_config, check_output_dir, resolve_workers, to_container
 from .trainer import write_json
 
 # Sections of the evaluation config that describe the run itself, not the model or data.
@@ -96,9 +95,8 @@ def run_evaluation(cfg, overrides: Iterable[str] = ()) -> Tuple[Dict[str, Any], 
     split = config.get("split", "test")
     image_size = model.clip.visual.input_resolution
     ds = build_split(dcfg, root, split, image_size, int(config.get("seed", 0)), progress)
-    loader = _loader(ds, int(tr["eval_batch_size"]), TokenizeCollate(tokenizer, int(config["model"]["max_words"])),
-                     tr["num_workers"], device)
-    metrics, enc = evaluate(model, loader, device, precision, progress=progress, desc=split)
+    metrics, enc = evaluate(model, ds, tokenizer, int(config["model"]["max_words"]), int(tr["eval_batch_size"]),
+                            device, precision, resolve_workers(tr["num_workers"]), progress, desc=split)
     print(f"{kind} checkpoint {composed['checkpoint']} on {dcfg['name']} {split} "
           f"({len(enc.texts)} captions, {len(enc.video_ids)} videos):\n{format_table(metrics)}", flush=True)
     result = {"metrics": metrics, "checkpoint": str(composed["checkpoint"]), "checkpoint_kind": kind,

@@ -68,6 +68,57 @@ def encode_split(model, loader, device: torch.device, precision: str = "fp32",
                         texts, video_ids, torch.cat(weights) if weights else None)
 
 
+@torch.no_grad()
+def encode_texts_and_videos(model, dataset, tokenizer, max_words: int, batch_size: int, device,
+                            precision: str = "fp32", num_workers: int = 0, progress: bool = True,
+                            desc: str = "eval") -> EncodedSplit:
+    """Two-stream encoding for datasets exposing ``texts``, ``text_video_ids`` and
+    ``video_dataset()``: each caption and each UNIQUE video is encoded once (MSVD has ~40
+    captions per video; decoding its videos per caption would be 40x the work)."""
+    from torch.utils.data import DataLoader
+
+    was_training = model.training
+    model.eval()
+    texts, text_vids = list(dataset.texts), list(dataset.text_video_ids)
+    text_embs = []
+    for i in tqdm(range(0, len(texts), batch_size), desc=f"{desc} texts", disable=not progress, leave=False):
+        ids, mask = tokenizer(texts[i:i + batch_size], max_words=max_words)
+        with autocast(device, precision):
+            text_embs.append(model.encode_text(ids.to(device), mask.to(device)).float().cpu())
+    videos = dataset.video_dataset()
+
+    def collate(items):
+        return {"video": torch.stack([it["video"] for it in items]),
+                "video_mask": torch.stack([torch.as_tensor(it["video_mask"]) for it in items]),
+                "video_id": [it["video_id"] for it in items]}
+
+    loader = DataLoader(videos, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                        pin_memory=device.type == "cuda")
+    video_ids, video_embs, weights = [], [], []
+    want_weights = hasattr(model.head, "frame_weights")
+    for batch in tqdm(loader, desc=f"{desc} videos", disable=not progress, leave=False):
+        video = batch["video"].to(device, non_blocking=True)
+        mask = batch["video_mask"].to(device, non_blocking=True)
+        with autocast(device, precision):
+            if want_weights:
+                v, w = model.head(model.encode_frames(video, frame_mask=mask), mask, return_weights=True)
+                weights.append(w.float().cpu())
+            else:
+                v = model.encode_video(video, mask)
+        video_embs.append(v.float().cpu())
+        video_ids.extend(batch["video_id"])
+    model.train(was_training)
+    row_of = {vid: i for i, vid in enumerate(video_ids)}
+    missing = sorted(set(text_vids) - set(row_of))
+    if missing:
+        raise ValueError(f"captions refer to videos the split did not yield: {missing[:5]}")
+    if not texts:
+        raise ValueError("the evaluation split is empty")
+    return EncodedSplit(torch.cat(text_embs), torch.cat(video_embs),
+                        torch.tensor([row_of[v] for v in text_vids]), texts, video_ids,
+                        torch.cat(weights) if weights else None)
+
+
 def split_metrics(enc: EncodedSplit) -> Dict[str, Dict[str, float]]:
     """Text->video and video->text metrics from cosine similarities (the logit scale is a
     positive constant and does not change ranks)."""
@@ -79,7 +130,19 @@ def split_metrics(enc: EncodedSplit) -> Dict[str, Dict[str, float]]:
     return retrieval_metrics_multi(sim, enc.text_video_index)
 
 
-def evaluate(model, loader, device, precision="fp32", progress=True, desc="eval"):
-    """-> (metrics {'t2v': {...}, 'v2t': {...}}, EncodedSplit)."""
-    enc = encode_split(model, loader, device, precision, progress, desc)
+def evaluate(model, dataset, tokenizer, max_words: int, batch_size: int, device, precision="fp32",
+             num_workers: int = 0, progress: bool = True, desc: str = "eval"):
+    """Score every caption of ``dataset`` against every video of it.
+    -> (metrics {'t2v': {...}, 'v2t': {...}}, EncodedSplit)."""
+    if hasattr(dataset, "video_dataset"):
+        enc = encode_texts_and_videos(model, dataset, tokenizer, max_words, batch_size, device,
+                                      precision, num_workers, progress, desc)
+    else:  # item datasets: (caption, video) pairs, videos shared by captions encoded once
+        from torch.utils.data import DataLoader
+
+        from .collate import TokenizeCollate
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                            collate_fn=TokenizeCollate(tokenizer, max_words),
+                            pin_memory=device.type == "cuda")
+        enc = encode_split(model, loader, device, precision, progress, desc)
     return split_metrics(enc), enc

@@ -122,7 +122,8 @@ def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
                            shuffle_block=int(tr.get("shuffle_block", 1)))
     workers = tr["num_workers"]
     train_loader = _loader(train_ds, int(tr["batch_size"]), collate, workers, device, sampler=sampler)
-    val_loader = _loader(val_ds, int(tr["eval_batch_size"]), collate, workers, device) if val_ds else None
+    eval_options = {"tokenizer": tokenizer, "max_words": int(mcfg["max_words"]),
+                    "batch_size": int(tr["eval_batch_size"]), "num_workers": resolve_workers(workers)}
 
     optimizer = build_optimizer(model, lr=float(opt["lr"]), coef_lr=float(opt["coef_lr"]),
                                 pretrained=pretrained_names(model),
@@ -145,7 +146,7 @@ def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
              "weights": "trainable" if acfg.get("save_trainable_only") else "full"}
     trainer = Trainer(model, optimizer, scheduler, scaler, train_loader, sampler, device, precision,
                       epochs=int(tr["epochs"]), out_dir=out, config=config, extra_state=extra,
-                      val_loader=val_loader, grad_clip=float(opt.get("grad_clip") or 0.0),
+                      val_dataset=val_ds, eval_options=eval_options, grad_clip=float(opt.get("grad_clip") or 0.0),
                       log_every=int(tr["log_every"]), checkpoint_every_steps=int(tr.get("checkpoint_every_steps") or 0),
                       monitor=tr.get("monitor", "t2v/R1"), logger=logger, progress=progress,
                       eval_every=int(tr.get("eval_every", 1)), vis_queries=int(tr.get("vis_queries", 4)))
@@ -158,8 +159,8 @@ def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     best_path = out / "checkpoints" / "best.pt"
     trainer.load_weights(load_checkpoint(best_path))
     test_ds = build_split(dcfg, root, "test", image_size, seed, progress)
-    test_loader = _loader(test_ds, int(tr["eval_batch_size"]), collate, workers, device)
-    test_metrics, _ = evaluate(model, test_loader, device, precision, progress=progress, desc="test")
+    test_metrics, _ = evaluate(model, test_ds, device=device, precision=precision, progress=progress,
+                               desc="test", **eval_options)
     print(f"\ntest ({len(test_ds)} captions, checkpoint from epoch {state['best_epoch']}):\n"
           f"{format_table(test_metrics)}", flush=True)
     logger.metrics(test_metrics, state["step"], prefix="test")

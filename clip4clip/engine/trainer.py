@@ -48,7 +48,7 @@ def monitor_value(metrics: dict, monitor: str) -> float:
 class Trainer:
     def __init__(self, model, optimizer, scheduler, scaler, train_loader, sampler, device,
                  precision: str, epochs: int, out_dir: Path, config: dict, extra_state: dict,
-                 val_loader=None, grad_clip: float = 1.0, log_every: int = 10,
+                 val_dataset=None, eval_options: Optional[dict] = None, grad_clip: float = 1.0, log_every: int = 10,
                  checkpoint_every_steps: int = 0, monitor: str = "t2v/R1",
                  logger: Optional[Logger] = None, progress: bool = True,
                  eval_every: int = 1, vis_queries: int = 4, is_main: bool = True):
@@ -58,7 +58,9 @@ class Trainer:
         self.scaler = scaler
         self.train_loader = train_loader
         self.sampler = sampler
-        self.val_loader = val_loader
+        self.val_dataset = val_dataset
+        # evaluate() arguments besides model/dataset: tokenizer, max_words, batch_size, num_workers
+        self.eval_options = dict(eval_options or {})
         self.device = device
         self.precision = precision
         self.epochs = epochs
@@ -184,10 +186,11 @@ class Trainer:
         return {"loss": sum(losses) / max(len(losses), 1)}
 
     def validate(self, epoch: int) -> Optional[dict]:
-        if self.val_loader is None:
+        if self.val_dataset is None:
             return None
-        metrics, enc = evaluate(self.model_core(), self.val_loader, self.device, self.precision,
-                                progress=self.progress and self.is_main, desc="validate")
+        metrics, enc = evaluate(self.model_core(), self.val_dataset, device=self.device,
+                                precision=self.precision, progress=self.progress and self.is_main,
+                                desc="validate", **self.eval_options)
         self.logger.metrics(metrics, self.state.step, prefix="val")
         if enc.frame_weights is not None:
             self.logger.histogram("val/frame_weights", enc.frame_weights[enc.frame_weights > 0], self.state.step)
@@ -198,7 +201,7 @@ class Trainer:
         """For a few captions, an image of their top-5 clips so a person can see the retrievals."""
         if not (self.logger.writer and self.vis_queries):
             return
-        dataset = self.val_loader.dataset
+        dataset = self.val_dataset
         first_item_of = {}
         for i, vid in enumerate(getattr(dataset, "video_ids", [])):
             first_item_of.setdefault(vid, i)
@@ -240,7 +243,7 @@ class Trainer:
                 if improved:
                     self.state.best_score, self.state.best_epoch = score, epoch + 1
             else:
-                improved = self.val_loader is None  # no validation: the latest is the best we know
+                improved = self.val_dataset is None  # no validation: the latest is the best we know
                 if improved:
                     self.state.best_epoch = epoch + 1
             self.state.history.append(record)
