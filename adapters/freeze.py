@@ -32,14 +32,16 @@ def _params(modules: Iterable[nn.Module]) -> List[nn.Parameter]:
 def configure_trainable(model: nn.Module, train_adapters: bool = True,
                         train_temporal_embedding: bool = True, train_head: bool = True,
                         train_text: bool = False, train_lora: bool = True,
-                        train_logit_scale: bool = False) -> Dict:
+                        train_logit_scale: bool = False, train_vision: bool = False) -> Dict:
     """Set ``requires_grad`` on a CLIP4Clip model, in place.
 
     Every parameter is frozen first; then these disjoint groups are set by their flag:
     the text tower (``token_embedding``, ``positional_embedding``, ``transformer``,
     ``ln_final``, ``text_projection``; its base weights, not its LoRA updates), the head,
     ``logit_scale``, every :class:`Adapter`, the :class:`TemporalEmbedding`, every
-    :class:`LoRA`. The CLIP vision weights stay frozen. A flag for a part the model does not
+    :class:`LoRA`, and the vision tower's own weights (``train_vision``; off for adapter
+    fine-tuning, on when a model trained from scratch uses AIM blocks as its video
+    architecture). A flag for a part the model does not
     have (e.g. ``train_lora`` without LoRA injected) changes nothing.
 
     Returns ``parameter_summary(model)`` plus ``"groups"``: trainable parameter count per
@@ -50,6 +52,7 @@ def configure_trainable(model: nn.Module, train_adapters: bool = True,
     model.requires_grad_(False)
     lora = _params(m for m in model.modules() if isinstance(m, LoRA))
     lora_ids = {id(p) for p in lora}
+    injected = {id(p) for m in model.modules() if isinstance(m, (Adapter, TemporalEmbedding)) for p in m.parameters()}
     # Disjoint groups: the text tower contains the LoRA modules, which train_lora decides.
     groups = {
         "text": [p for p in _params(_text_tower(clip)) + _text_params(clip) if id(p) not in lora_ids],
@@ -58,10 +61,11 @@ def configure_trainable(model: nn.Module, train_adapters: bool = True,
         "adapters": _params(m for m in model.modules() if isinstance(m, Adapter)),
         "temporal_embedding": _params(m for m in model.modules() if isinstance(m, TemporalEmbedding)),
         "lora": lora,
+        "vision": [p for p in clip.visual.parameters() if id(p) not in injected],
     }
     flags = {"text": train_text, "head": train_head, "logit_scale": train_logit_scale,
              "adapters": train_adapters, "temporal_embedding": train_temporal_embedding,
-             "lora": train_lora}
+             "lora": train_lora, "vision": train_vision}
     for name, params in groups.items():
         for p in params:
             p.requires_grad_(flags[name])
