@@ -90,7 +90,13 @@ def test_train_evaluate_resume_end_to_end(tmp_path, synth_root):
     assert set(saved["test"]) == {"t2v", "v2t"} and "MdR" in saved["test"]["t2v"]
     assert len(saved["history"]) == 2 and "val" in saved["history"][0]
     assert (out / "config.yaml").is_file()
-    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/grad_norm", "train/logit_scale", "train/clips_per_s",
+                "lr/clip", "lr/new", "val/t2v/R1", "val/v2t/MnR", "test/t2v/R1"):
+        assert tag in scalars, tag
+    assert "retrieval/query0" in events.Tags()["images"]
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["config"]["trainer"]["epochs"] == 2 and ckpt["state"]["epoch"] == 2
     assert ckpt["tokenizer"]["kind"] == "word"
@@ -107,6 +113,14 @@ def test_train_evaluate_resume_end_to_end(tmp_path, synth_root):
             for k in ("R1", "R5", "R10", "MdR", "MnR"):
                 assert result["metrics"][d][k] == pytest.approx(metrics["test"][d][k]), (bs, d, k)
         assert json.loads((tmp_path / f"eval{bs}" / "metrics.json").read_text())["num_texts"] == 16
+
+
+def test_frameweight_run_logs_frame_weight_histogram(tmp_path, synth_root):
+    out = tmp_path / "fw"
+    run_training(compose_cfg("train", tiny_train_overrides(out, synth_root, ["model/head=frameweight", "trainer.epochs=1"])))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    assert "val/frame_weights" in events.Tags()["histograms"]
 
 
 def test_interrupted_then_resumed_run_ends_with_identical_weights(tmp_path, synth_root, monkeypatch):

@@ -64,9 +64,9 @@ def resolve_workers(value) -> int:
     return n
 
 
-def _loader(dataset, batch_size, collate, num_workers, device, sampler=None, shuffle=False):
+def _loader(dataset, batch_size, collate, num_workers, device, sampler=None):
     num_workers = resolve_workers(num_workers)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                       num_workers=num_workers, collate_fn=collate,
                       pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
                       drop_last=False)

@@ -51,17 +51,16 @@ class EpochSampler(Sampler[int]):
         return n
 
     def _order(self) -> list:
-        blocks = self._blocks()
+        flat = [i for b in self._blocks() for i in b]
         if self.world_size == 1:
-            return [i for b in blocks for i in b]
-        # Deal whole blocks to ranks round-robin, then pad/trim every rank to the same length
-        # (DistributedSampler's rule) so all ranks take the same number of steps.
-        mine = [i for j, b in enumerate(blocks) if j % self.world_size == self.rank for i in b]
-        flat = [i for b in blocks for i in b]
-        want = self._per_rank()
-        while len(mine) < want:
-            mine.extend(flat[: want - len(mine)])
-        return mine[:want]
+            return flat
+        # DistributedSampler's rule: pad (or trim) to a multiple of the world size, then deal
+        # indices round-robin, so every rank takes the same number of steps and the ranks'
+        # i-th samples together are the single-process order's i-th group of world_size.
+        # (Blocks are therefore spread over ranks; they stay together only in the global batch.)
+        total = self._per_rank() * self.world_size
+        flat = (flat * (-(-total // max(len(flat), 1))))[:total]
+        return flat[self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._order()[self.start:])

@@ -1,0 +1,111 @@
+"""Unit tests of the engine's parts: atomic checkpoints, sampler, optimiser groups, schedule."""
+import math
+
+import pytest
+import torch
+
+from clip4clip.clip import CLIP, CLIPConfig
+from clip4clip.engine.checkpoint import atomic_save, resolve_resume_path
+from clip4clip.engine.optim import build_scheduler, param_groups, pretrained_names
+from clip4clip.engine.sampler import EpochSampler
+from clip4clip.model import CLIP4Clip
+
+
+def test_atomic_save_keeps_old_file_when_write_fails(tmp_path):
+    path = tmp_path / "last.pt"
+    atomic_save({"step": 1}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        atomic_save({"step": 2, "bad": Boom()}, path)
+    assert torch.load(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp files left
+
+
+def test_resume_path_accepts_run_folder_and_names_what_is_missing(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(FileNotFoundError, match="last.pt"):
+        resolve_resume_path(tmp_path)
+    atomic_save({}, tmp_path / "checkpoints" / "last.pt")
+    assert resolve_resume_path(tmp_path).name == "last.pt"
+    with pytest.raises(FileNotFoundError, match="nope"):
+        resolve_resume_path(tmp_path / "nope.pt")
+
+
+def test_sampler_order_depends_only_on_seed_and_epoch_and_resumes_mid_epoch():
+    s = EpochSampler(20, seed=3)
+    s.set_epoch(1)
+    full = list(s)
+    assert sorted(full) == list(range(20))
+    s.set_epoch(0)
+    assert list(s) != full
+    s.set_epoch(1, start=8)
+    assert list(s) == full[8:] and len(s) == 12
+
+
+def test_sampler_blocks_stay_together():
+    s = EpochSampler(16, seed=0, shuffle_block=4)
+    s.set_epoch(2)
+    order = list(s)
+    for i in range(0, 16, 4):
+        block = order[i:i + 4]
+        assert block[0] % 4 == 0 and block == list(range(block[0], block[0] + 4))
+    assert order != list(range(16))
+
+
+def test_sampler_shards_ranks_disjointly_with_equal_lengths():
+    shards = []
+    for rank in range(2):
+        s = EpochSampler(10, seed=1, rank=rank, world_size=2, shuffle_block=2)
+        s.set_epoch(0)
+        shards.append(list(s))
+    assert len(shards[0]) == len(shards[1]) == 5
+    assert set(shards[0]) | set(shards[1]) == set(range(10))
+    assert not set(shards[0]) & set(shards[1])
+
+
+def _model(head="seqTransf"):
+    cfg = CLIPConfig(embed_dim=32, image_resolution=16, vision_layers=1, vision_width=32, vision_patch_size=8,
+                     context_length=8, vocab_size=20, transformer_width=32, transformer_heads=2, transformer_layers=1)
+    kw = {"num_blocks": 1} if head == "seqTransf" else {}
+    return CLIP4Clip.from_clip(CLIP(cfg), head, init_head_from_clip=False, **kw)
+
+
+def test_param_groups_split_clip_and_new_modules_and_skip_decay_on_norms_and_embeddings():
+    model = _model()
+    groups = {g["name"]: g for g in param_groups(model, lr=1e-4, coef_lr=1e-3, weight_decay=0.2)}
+    assert groups["clip"]["lr"] == pytest.approx(1e-7) and groups["new"]["lr"] == pytest.approx(1e-4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = {names[id(p)] for g in groups.values() if g["weight_decay"] == 0 for p in g["params"]}
+    assert "clip.logit_scale" in no_decay and "clip.token_embedding.weight" in no_decay
+    assert "head.frame_position_embeddings.weight" in no_decay and "clip.ln_final.weight" in no_decay
+    decay = {names[id(p)] for g in groups.values() if g["weight_decay"] > 0 for p in g["params"]}
+    assert "clip.visual.conv1.weight" in decay and "head.transformer.resblocks.0.mlp.c_fc.weight" in decay
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+
+
+def test_injected_adapters_are_new_modules_not_clip_weights():
+    import adapters
+    model = _model("meanP")
+    adapters.inject_aim(model.clip.visual, num_frames=4)
+    adapters.configure_trainable(model)
+    pre = pretrained_names(model)
+    assert not any("adapter" in n for n in pre)
+    groups = param_groups(model, lr=3e-4, coef_lr=1e-3, weight_decay=0.05)
+    assert {g["name"] for g in groups} <= {"new", "new_no_decay"}  # frozen CLIP is left out
+
+
+def test_warmup_then_cosine_schedule():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, total_steps=100, warmup_proportion=0.1)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
