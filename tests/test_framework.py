@@ -240,3 +240,38 @@ def test_command_line_entry_points(tmp_path, synth_root):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "error:" in proc.stderr and "none" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_adapter_run_prints_exact_parameter_count_and_saves_small_checkpoints(tmp_path, synth_root, capsys):
+    out = tmp_path / "aim"
+    extra = ["model/head=meanP", "adapter=aim_temporal", "trainer.epochs=1", "trainer.tensorboard=false"]
+    metrics, objs = run_training(compose_cfg("train", tiny_train_overrides(out, synth_root, extra)))
+    model = objs["model"]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # 1 layer x 1 adapter kind x (2*32*8 + 8 + 32) + 4 frames x 32 (temporal embedding)
+    assert trainable == 1 * (2 * 32 * 8 + 8 + 32) + 4 * 32
+    assert f"(exactly {trainable} of " in capsys.readouterr().out
+    ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert ckpt["weights"] == "trainable" and len(ckpt["model"]) < 10
+    # evaluate.py rebuilds the base from the config and loads the adapter weights onto it
+    ev = compose_cfg("evaluate", [f"checkpoint={out / 'checkpoints' / 'best.pt'}", f"paths.output_dir={tmp_path / 'ev'}",
+                                  "trainer.progress=false"])
+    result, _ = run_evaluation(ev)
+    assert result["metrics"]["t2v"]["R1"] == pytest.approx(metrics["test"]["t2v"]["R1"])
+
+
+def test_aim_experiment_names_missing_dataset_and_missing_weights(tmp_path, synth_root, monkeypatch):
+    cfg = compose_cfg("train", ["+experiment=aim_msrvtt7k", f"dataset.root={tmp_path / 'msrvtt'}",
+                                f"paths.output_dir={tmp_path / 'o1'}"])
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "msrvtt")):
+        run_training(cfg)
+    from clip4clip.clip import pretrained as pretrained_mod
+    monkeypatch.setattr(pretrained_mod, "_BASE_URL", "http://127.0.0.1:9")  # refused, as offline
+    cfg = compose_cfg("train", ["+experiment=aim_msrvtt7k", "dataset=synthetic", f"dataset.root={synth_root}",
+                                "dataset.generator.num_train=48", "dataset.generator.num_val=16",
+                                "dataset.generator.num_test=16", "dataset.cache_frames=false",
+                                f"model.clip.cache_dir={tmp_path / 'cache'}", "model.tokenizer=word",
+                                f"paths.output_dir={tmp_path / 'o2'}", "trainer.progress=false"])
+    with pytest.raises(Exception) as info:
+        run_training(cfg)
+    assert "ViT-B-32.pt" in str(info.value) and str(tmp_path / "cache") in str(info.value)

@@ -136,12 +136,13 @@ def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
 
     _save_config(config, out)
     logger = Logger(str(out / "tensorboard") if tr.get("tensorboard", True) else None)
-    n_total = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"model: {args['head']} head on CLIP {args['clip']['vision_width']}w/"
-          f"{args['clip']['vision_layers']}L; parameters {n_total / 1e6:.2f}M total, "
-          f"{n_train / 1e6:.2f}M trainable ({100 * n_train / n_total:.1f}%)", flush=True)
-    logger.text("run/parameters", f"total {n_total}, trainable {n_train}", 0)
+    from adapters import format_parameter_summary, parameter_summary
+    summary = parameter_summary(model)
+    print(f"model: {args['head']} head on CLIP {args['clip']['vision_width']}w/{args['clip']['vision_layers']}L, "
+          f"adapter {acfg.get('name', 'none')}; {format_parameter_summary(summary)} "
+          f"(exactly {summary['trainable']} of {summary['total']})", flush=True)
+    logger.text("run/parameters", f"total {summary['total']}, trainable {summary['trainable']} "
+                f"({summary['percent']:.2f}%)", 0)
     extra = {"model_args": args, "tokenizer": tokenizer_state(tokenizer),
              "weights": "trainable" if acfg.get("save_trainable_only") else "full"}
     trainer = Trainer(model, optimizer, scheduler, scaler, train_loader, sampler, device, precision,
