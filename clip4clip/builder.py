@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
+import torch
+
 from .clip import CLIP, CLIPConfig, clip_from_state_dict, load_clip
 from .heads import build_head
 from .model import CLIP4Clip
@@ -74,6 +76,11 @@ def build_model(model_cfg: Mapping, vocab_size: Optional[int] = None,
         if vocab_size is not None:
             arch["vocab_size"] = vocab_size
         clip = CLIP(CLIPConfig.from_dict(arch))
+        if clip_cfg.get("vision_pos_init_std"):
+            # OpenAI's init (std width^-0.5, ~0.09) leaves positions a few % of the patch content
+            # after ln_pre: fine with 400M pairs, too faint for a small model to learn where
+            # things are in a few thousand steps.
+            torch.nn.init.normal_(clip.visual.positional_embedding, std=float(clip_cfg["vision_pos_init_std"]))
         init_from_clip = False  # nothing learned to copy from a random CLIP
     else:
         raise ValueError("model.clip needs either 'pretrained' (e.g. ViT-B/32 or a file) or 'arch'")
