@@ -1,7 +1,12 @@
-"""Data layer: MSR-VTT-format datasets, video frame sampling, CLIP preprocessing, synthetic data."""
+"""Data layer: MSR-VTT / MSVD datasets, keyframe selection, frame caches, CLIP preprocessing,
+synthetic data."""
 
-from .collate import collate_fn
-from .msrvtt import MSRVTTDataset, MissingDataError
+from .base import EmptySplitError, MissingDataError, MissingVideosWarning, SplitVideos, UnreadableVideosError, VideoTextDataset
+from .collate import BrokenVideoWarning, collate_fn
+from .frame_store import FrameStore, default_cache_dir
+from .keyframes import SCHEMES, KeyframeParams, Keyframes, select_keyframes
+from .msrvtt import MSRVTTDataset
+from .msvd import MSVDDataset
 from .synthetic import SyntheticConfig, default_synthetic_root, ensure_synthetic_dataset
 from .transforms import (
     CLIP_MEAN,
@@ -18,25 +23,39 @@ from .video import (
     VideoMetadataWarning,
     VideoReadError,
     VideoTruncatedWarning,
+    check_readable,
     probe_video,
     read_frames,
     sample_frame_indices,
 )
 
 __all__ = [
+    "BrokenVideoWarning",
     "CLIP_MEAN",
     "CLIP_STD",
+    "EmptySplitError",
+    "FrameStore",
+    "KeyframeParams",
+    "Keyframes",
     "MSRVTTDataset",
+    "MSVDDataset",
     "MissingDataError",
+    "MissingVideosWarning",
+    "SCHEMES",
+    "SplitVideos",
     "SyntheticConfig",
+    "UnreadableVideosError",
     "VideoInfo",
     "VideoMetadataWarning",
     "VideoReadError",
+    "VideoTextDataset",
     "VideoTruncatedWarning",
     "center_crop",
+    "check_readable",
     "clip_preprocess",
     "clip_resize_crop",
     "collate_fn",
+    "default_cache_dir",
     "default_synthetic_root",
     "ensure_synthetic_dataset",
     "normalize_uint8",
@@ -45,4 +64,5 @@ __all__ = [
     "read_frames",
     "resize_shorter_side",
     "sample_frame_indices",
+    "select_keyframes",
 ]

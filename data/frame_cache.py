@@ -22,15 +22,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .video import VideoReadError
+
 __all__ = ["FrameCache"]
 
 
 class FrameCache:
     """Maps video_id -> uint8 frames [T, H, W, 3], all stored in one shared tensor."""
 
-    def __init__(self, data: torch.Tensor, index: dict[str, tuple[int, tuple[int, int, int, int]]]):
+    def __init__(self, data: torch.Tensor, index: dict[str, tuple[int, tuple[int, int, int, int]]],
+                 broken: dict[str, str] | None = None):
         self._data = data  # flat uint8, shared memory
         self._index = index  # video_id -> (offset, shape)
+        #: video_id -> "path: reason" for videos whose loading raised VideoReadError.
+        self.broken: dict[str, str] = dict(broken or {})
 
     @classmethod
     def build(
@@ -43,27 +48,46 @@ class FrameCache:
     ) -> "FrameCache":
         """Decode every video with ``load(video_id) -> uint8 [T, H, W, 3]`` and store the results.
 
-        Raises MemoryError as soon as the (estimated, then actual) total exceeds ``budget_bytes``.
+        A ``VideoReadError`` from ``load`` does not stop the build: the video is recorded in
+        ``broken`` and left out. Raises MemoryError as soon as the (estimated, then actual) total
+        exceeds ``budget_bytes``.
         """
         video_ids = list(dict.fromkeys(video_ids))
-        if not video_ids:
-            return cls(torch.zeros(0, dtype=torch.uint8), {})
+        broken: dict[str, str] = {}
 
-        first = load(video_ids[0])
-        estimate = first.nbytes * len(video_ids)
-        if estimate > budget_bytes:
-            raise MemoryError(
-                f"frame cache for {len(video_ids)} videos needs about {estimate / 2**20:.0f} MiB "
-                f"({first.nbytes / 2**20:.2f} MiB for {video_ids[0]!r} x {len(video_ids)}), over the budget of "
-                f"{budget_bytes / 2**20:.0f} MiB; raise cache_budget_bytes or use cache_frames=False"
-            )
-        arrays: dict[str, np.ndarray] = {video_ids[0]: first}
-        total = first.nbytes
+        def safe_load(vid: str) -> np.ndarray | None:
+            try:
+                return load(vid)
+            except VideoReadError as e:
+                broken[vid] = f"{e.path}: {e.reason}"
+                return None
+
+        arrays: dict[str, np.ndarray] = {}
+        k = 0
+        while k < len(video_ids) and not arrays:  # the first readable video sizes the estimate
+            first = safe_load(video_ids[k])
+            k += 1
+            if first is None:
+                continue
+            estimate = first.nbytes * len(video_ids)
+            if estimate > budget_bytes:
+                raise MemoryError(
+                    f"frame cache for {len(video_ids)} videos needs about {estimate / 2**20:.0f} MiB "
+                    f"({first.nbytes / 2**20:.2f} MiB for {video_ids[k - 1]!r} x {len(video_ids)}), over the budget of "
+                    f"{budget_bytes / 2**20:.0f} MiB; raise cache_budget_bytes or use cache_frames=False"
+                )
+            arrays[video_ids[k - 1]] = first
+        if not arrays:
+            return cls(torch.zeros(0, dtype=torch.uint8), {}, broken)
+        total = sum(a.nbytes for a in arrays.values())
         threads = num_threads or min(os.cpu_count() or 1, 8)
-        bar = tqdm(total=len(video_ids), initial=1, desc="decoding frames into cache", unit="video", disable=not progress)
+        bar = tqdm(total=len(video_ids), initial=k, desc="decoding frames into cache", unit="video", disable=not progress)
         try:
             with ThreadPoolExecutor(threads) as pool:
-                for vid, frames in zip(video_ids[1:], pool.map(load, video_ids[1:])):
+                for vid, frames in zip(video_ids[k:], pool.map(safe_load, video_ids[k:])):
+                    bar.update(1)
+                    if frames is None:
+                        continue
                     arrays[vid] = frames
                     total += frames.nbytes
                     if total > budget_bytes:
@@ -71,7 +95,6 @@ class FrameCache:
                             f"frame cache exceeded its budget of {budget_bytes / 2**20:.0f} MiB after "
                             f"{len(arrays)} of {len(video_ids)} videos; raise cache_budget_bytes or use cache_frames=False"
                         )
-                    bar.update(1)
         finally:
             bar.close()
 
@@ -82,7 +105,7 @@ class FrameCache:
             index[vid] = (offset, tuple(a.shape))
             offset += a.nbytes
         data.share_memory_()
-        return cls(data, index)
+        return cls(data, index, broken)
 
     def __contains__(self, video_id: str) -> bool:
         return video_id in self._index

@@ -43,7 +43,18 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .synthetic_render import SHAPES, ClipSpec, all_combos, canonical_caption, make_clip_spec, paraphrases, render_clip, reversed_spec
+from .synthetic_render import (
+    BACKGROUNDS,
+    SHAPES,
+    ClipSpec,
+    all_combos,
+    canonical_caption,
+    make_clip_spec,
+    paraphrases,
+    render_clip,
+    reversed_spec,
+    with_cutaway,
+)
 
 __all__ = ["GENERATOR_VERSION", "SyntheticConfig", "default_synthetic_root", "ensure_synthetic_dataset"]
 
@@ -64,7 +75,12 @@ class SyntheticConfig:
     background: a clip, its exact time reversal (opposite direction, same frames backwards),
     and a perpendicular clip with its reversal. Batches that keep such groups together
     (``trainer.shuffle_block=4``) always hold negatives that differ only in motion direction,
-    which a contrastive loss needs to learn direction at all.
+    which a contrastive loss needs to learn direction at all;
+    scene_cuts: fraction of clips (every split) that open with a static "cutaway" shot (a plain
+    background of another colour, no shape) for the first 25-50% of their frames and then cut
+    to the captioned scene, already in motion. The cut frame is stored in attributes.json
+    (``cut``). For keyframe studies: uniform sampling spends frames on the cutaway, maxdiff
+    jumps to the cut. 0 (the default) leaves the dataset, and its hash, exactly as before.
     """
 
     seed: int = 0
@@ -77,6 +93,7 @@ class SyntheticConfig:
     train_captions: int = 5
     train_7k_fraction: float = 0.78
     minimal_pairs: bool = True
+    scene_cuts: float = 0.0
 
     def validate(self) -> None:
         n_combos = len(all_combos())
@@ -97,9 +114,14 @@ class SyntheticConfig:
             raise ValueError(f"train_captions must be in 1..9 (canonical + up to 8 paraphrases), got {self.train_captions}")
         if not 0 < self.train_7k_fraction <= 1:
             raise ValueError(f"train_7k_fraction must be in (0, 1], got {self.train_7k_fraction}")
+        if not 0 <= self.scene_cuts <= 1:
+            raise ValueError(f"scene_cuts must be a fraction in [0, 1], got {self.scene_cuts}")
 
     def params(self) -> dict:
-        return {"generator_version": GENERATOR_VERSION, **asdict(self)}
+        p = {"generator_version": GENERATOR_VERSION, **asdict(self)}
+        if not self.scene_cuts:
+            del p["scene_cuts"]  # added later: absent when off, so existing datasets keep their hash
+        return p
 
     def short_hash(self) -> str:
         blob = json.dumps(self.params(), sort_keys=True).encode()
@@ -145,7 +167,21 @@ def _plan(cfg: SyntheticConfig) -> list[dict]:
                 pick = np.random.default_rng([cfg.seed, code, i, 1]).choice(len(alts), cfg.train_captions - 1, replace=False)
                 captions += [alts[int(k)] for k in sorted(pick)]
             records.append({"split": split, "video_id": f"video{len(records)}", "spec": spec, "captions": captions})
+    if cfg.scene_cuts:
+        _plan_scene_cuts(cfg, records, num_frames)
     return records
+
+
+def _plan_scene_cuts(cfg: SyntheticConfig, records: list[dict], num_frames: int) -> None:
+    """Give a ``scene_cuts`` fraction of the clips a cutaway opening: record["cut"] = {"frame":
+    first frame of the captioned scene, "cutaway": background colour of the opening shot}."""
+    for i, r in enumerate(records):
+        rng = np.random.default_rng([cfg.seed, 3_000_000, i])  # its own stream: other choices unchanged
+        if rng.random() >= cfg.scene_cuts:
+            continue
+        frame = int(rng.integers(max(num_frames // 4, 1), max(num_frames // 2, 1) + 1))
+        others = [b for b in BACKGROUNDS if b != r["spec"].background]
+        r["cut"] = {"frame": frame, "cutaway": others[int(rng.integers(len(others)))]}
 
 
 def _plan_minimal_pair_groups(cfg: SyntheticConfig, code: int, count: int, num_frames: int,
@@ -185,8 +221,10 @@ def _plan_minimal_pair_groups(cfg: SyntheticConfig, code: int, count: int, num_f
 # ----------------------------------------------------------------------------------------------
 
 
-def _write_clip(path: str, spec: ClipSpec, fps: int) -> None:
+def _write_clip(path: str, spec: ClipSpec, fps: int, cut: dict | None = None) -> None:
     frames = render_clip(spec)
+    if cut:
+        frames = with_cutaway(frames, cut["frame"], cut["cutaway"])
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (spec.width, spec.height))
     if not writer.isOpened():
         raise RuntimeError(f"cv2.VideoWriter cannot open {path!r} with fourcc mp4v (OpenCV built without FFmpeg?)")
@@ -199,8 +237,8 @@ def _write_clip(path: str, spec: ClipSpec, fps: int) -> None:
 
 def _write_chunk(task: tuple[str, int, list[tuple[str, ClipSpec]]]) -> int:
     video_dir, fps, items = task
-    for video_id, spec in items:
-        _write_clip(os.path.join(video_dir, f"{video_id}.mp4"), spec, fps)
+    for video_id, spec, cut in items:
+        _write_clip(os.path.join(video_dir, f"{video_id}.mp4"), spec, fps, cut)
     return len(items)
 
 
@@ -209,7 +247,7 @@ def _worker_init() -> None:
 
 
 def _write_videos(records: list[dict], video_dir: Path, fps: int, num_workers: int, progress: bool) -> None:
-    items = [(r["video_id"], r["spec"]) for r in records]
+    items = [(r["video_id"], r["spec"], r.get("cut")) for r in records]
     chunk = 50
     tasks = [(str(video_dir), fps, items[k : k + chunk]) for k in range(0, len(items), chunk)]
     bar = tqdm(total=len(items), desc="synthetic clips", unit="clip", disable=not progress)
@@ -254,6 +292,8 @@ def _write_text_files(records: list[dict], out: Path, cfg: SyntheticConfig) -> N
         for cap in r["captions"]:
             sentences.append({"caption": cap, "video_id": r["video_id"], "sen_id": len(sentences)})
         attributes[r["video_id"]] = {"split": r["split"], "caption": r["captions"][0], **spec.to_dict()}
+        if "cut" in r:
+            attributes[r["video_id"]]["cut"] = r["cut"]
 
     with open(out / "MSRVTT_data.json", "w", encoding="utf-8") as f:
         json.dump({"info": {"synthetic": True, **cfg.params()}, "videos": videos, "sentences": sentences}, f)
@@ -322,7 +362,7 @@ def ensure_synthetic_dataset(
 
     root: target folder; default ``default_synthetic_root`` (a hash of all parameters in the name).
     seed, **params: ``SyntheticConfig`` fields (frame_size, video_fps, seconds, num_train,
-    num_val, num_test, train_captions, train_7k_fraction).
+    num_val, num_test, train_captions, train_7k_fraction, minimal_pairs, scene_cuts).
     num_workers: processes for writing videos (default: CPU count, at most 8; 0/1 = in process).
     A folder with a ``COMPLETE`` marker holding the same parameters is returned as is. An explicit
     ``root`` that holds something else raises (nothing of the user's is deleted); an incomplete

@@ -30,6 +30,7 @@ __all__ = [
     "paraphrases",
     "render_clip",
     "reversed_spec",
+    "with_cutaway",
 ]
 
 #: Shape colours, RGB. Names are plain colour words CLIP knows.
@@ -218,3 +219,13 @@ def render_clip(spec: ClipSpec) -> np.ndarray:
         h, w = alpha.shape
         frames[t, top : top + h, left : left + w] = np.round(bg + a * (fg - bg)).astype(np.uint8)
     return frames
+
+
+def with_cutaway(frames: np.ndarray, cut: int, background: str) -> np.ndarray:
+    """A clip that opens with a static shot of plain ``background`` and cuts to ``frames`` at frame
+    ``cut``: frames [0, cut) replaced. BGR uint8 [T, H, W, 3] in and out (a new array)."""
+    if not 0 <= cut <= len(frames):
+        raise ValueError(f"cut frame {cut} outside the clip's {len(frames)} frames")
+    out = frames.copy()
+    out[:cut] = np.array(BACKGROUNDS[background][::-1], dtype=np.uint8)
+    return out

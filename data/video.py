@@ -7,8 +7,10 @@ evenly spread (``uniform``) subset.
 
 Decoding is one sequential pass: ``grab()`` for every frame (it advances the demuxer/decoder but
 skips the colour conversion and the copy into a numpy array) and ``retrieve()`` only for the
-frames that are kept. Seeking with ``CAP_PROP_POS_FRAMES`` is avoided on purpose: it is slow
-(it seeks to a keyframe and decodes forward anyway) and not frame-accurate for every codec.
+frames that are kept. Seeking with ``CAP_PROP_POS_FRAMES`` is used only where ``data.seeking``
+proves it frame-exact (constant frame rate, no reordered B-frames) and cheaper (keyframes close
+enough that it skips decoding); elsewhere it is slow (OpenCV seeks to a keyframe and decodes
+forward anyway) and not frame-accurate for every codec.
 
 Container metadata is not trusted blindly: fps that is zero, NaN or absurd is replaced by an
 assumed 25 fps, and when the number of frames that actually decode differs from the reported
@@ -27,17 +29,23 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from . import seeking
+
 __all__ = [
     "ASSUMED_FPS",
     "FRAME_ORDERS",
     "SLICE_FRAMEPOS",
+    "SampledVideo",
     "VideoInfo",
     "VideoReadError",
     "VideoTruncatedWarning",
     "VideoMetadataWarning",
+    "check_readable",
+    "open_video",
     "probe_video",
     "read_frames",
     "sample_frame_indices",
+    "sample_video",
 ]
 
 #: fps assumed when the container reports none, NaN or an absurd value.
@@ -47,6 +55,13 @@ ASSUMED_FPS = 25.0
 _FPS_RANGE = (1.0, 240.0)
 #: Reported frame counts above this are treated as broken (24 hours at 240 fps).
 _MAX_PLAUSIBLE_FRAMES = 24 * 3600 * 240
+
+# OpenCV's own thread pool is not fork-safe: a process that forks after the pool has started
+# (DataLoader workers, multiprocessing pools) can deadlock in the child on the pool's lock (seen
+# here after one cv2.GaussianBlur). The data layer parallelises across videos with processes and
+# threads, where per-call parallelism only oversubscribes the cores, so it is switched off for
+# the process as soon as the data layer is imported.
+cv2.setNumThreads(1)
 
 SLICE_FRAMEPOS = ("head", "tail", "uniform")
 FRAME_ORDERS = ("normal", "reverse", "random")
@@ -309,6 +324,135 @@ def _decode_selected(cap: cv2.VideoCapture, indices: Sequence[int], verify_until
     return frames, i
 
 
+@dataclass(frozen=True)
+class SampledVideo:
+    """Frames sampled from a video, with what is needed to place them in time.
+
+    frames: uint8 [T, H, W, 3] RGB in increasing time; indices: int64 [T] frame numbers;
+    video_fps: the frame rate used for timing (``ASSUMED_FPS`` if the metadata was unusable);
+    num_frames: frames in the file (the decoded count when decoding found the metadata wrong).
+    """
+
+    frames: np.ndarray
+    indices: np.ndarray
+    video_fps: float
+    num_frames: int
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        """float64 [T]: seconds from the start (frame index / fps)."""
+        return self.indices.astype(np.float64) / self.video_fps
+
+
+def _decode_with_seeks(cap: cv2.VideoCapture, spath: str, idx: np.ndarray, count: int) -> dict | None:
+    """Decode ``idx`` seeking past long stretches where that is provably exact and cheaper (see
+    ``data.seeking``); None when it is not (the caller then decodes sequentially with a fresh
+    capture, so ``cap`` may have been moved)."""
+    if not seeking.worth_scanning(idx):
+        return None
+    scan = seeking.scan_packets(spath)
+    if scan is None or scan.num_frames != count:
+        return None
+    plan = seeking.plan_seeks(idx, scan.keyframes)
+    if not any(plan):
+        return None
+    try:
+        return seeking.decode_planned(cap, idx, plan)
+    except seeking.SeekMismatch:
+        return None
+
+
+def open_video(path: str | os.PathLike) -> tuple[cv2.VideoCapture, float, int | None, str]:
+    """Open a video for a sequential pass: (capture at frame 0, fps, frame count or None, path).
+
+    fps is sanitised (``ASSUMED_FPS`` with a ``VideoMetadataWarning`` when unusable); the count
+    is the container's value, None when it is unusable. The caller releases the capture.
+    Raises VideoReadError for a missing, empty or unopenable file.
+    """
+    spath = _check_file(path)
+    cap = _open_checked(spath)
+    video_fps, fps_note = _sanitize_fps(cap.get(cv2.CAP_PROP_FPS))
+    if fps_note:
+        warnings.warn(f"{spath}: {fps_note}", VideoMetadataWarning, stacklevel=3)
+    return cap, video_fps, _sanitize_count(cap.get(cv2.CAP_PROP_FRAME_COUNT)), spath
+
+
+def check_readable(path: str | os.PathLike) -> None:
+    """Cheap test that a video will give frames: it exists, opens, and its first frame decodes.
+
+    Raises VideoReadError (naming the file) otherwise. Costs one open and one decoded frame, so
+    a whole evaluation split can be checked before any metric is computed.
+    """
+    spath = _check_file(path)
+    cap = _open_checked(spath)
+    try:
+        ok, frame = cap.read()
+    finally:
+        cap.release()
+    if not ok or frame is None:
+        raise VideoReadError(spath, "opens but no frame decodes (zero frames or a corrupt stream)")
+
+
+def sample_video(
+    path: str | os.PathLike,
+    fps: float = 1.0,
+    max_frames: int | None = 12,
+    slice_framepos: str = "uniform",
+) -> SampledVideo:
+    """Sample frames (see ``sample_frame_indices``) in one grab/retrieve pass; see ``read_frames``
+    for the robustness rules. Frames are in increasing time."""
+    cap, video_fps, count, spath = open_video(path)
+    try:
+        reported = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        if count is None:
+            count = _count_decodable(spath)
+            warnings.warn(
+                f"{spath}: reported frame count {reported!r} is unusable; counted {count} frames",
+                VideoMetadataWarning,
+                stacklevel=2,
+            )
+            if count == 0:
+                raise VideoReadError(spath, "no decodable frames")
+        idx = sample_frame_indices(count, video_fps, fps, max_frames, slice_framepos)
+        frames = _decode_with_seeks(cap, spath, idx, count)
+        if frames is not None:
+            decoded = None  # the packet scan counted the frames: the metadata is confirmed
+        else:
+            cap.release()
+            cap = _open_checked(spath)
+            # The selection depends on the total count unless it is ``head`` and already full;
+            # only then is checking that the file really ends at ``count`` skipped (checking can
+            # cost a decode of the rest of the file; for uniform/tail under one sampling interval).
+            full_head = slice_framepos == "head" and max_frames is not None and len(idx) == max_frames
+            frames, decoded = _decode_selected(cap, idx, None if full_head else count)
+    finally:
+        cap.release()
+
+    if decoded is not None and decoded != count:
+        if decoded == 0:
+            raise VideoReadError(spath, f"no decodable frames (container reports {count})")
+        if decoded < count:
+            warnings.warn(
+                f"{spath}: container reports {count} frames but only {decoded} decode "
+                "(truncated or damaged file); sampling from the decoded frames",
+                VideoTruncatedWarning,
+                stacklevel=2,
+            )
+        count = decoded
+        idx = sample_frame_indices(decoded, video_fps, fps, max_frames, slice_framepos)
+        if not all(int(i) in frames for i in idx):
+            cap = _open_checked(spath)
+            try:
+                frames, _ = _decode_selected(cap, idx, None)
+            finally:
+                cap.release()
+            if not all(int(i) in frames for i in idx):  # the file changed under us / flaky decode
+                raise VideoReadError(spath, "decoding is not repeatable (frames vanished on a second pass)")
+
+    out = np.ascontiguousarray(np.stack([frames[int(i)] for i in idx]))
+    return SampledVideo(out, idx, video_fps, int(count))
+
+
 def read_frames(
     path: str | os.PathLike,
     fps: float = 1.0,
@@ -332,57 +476,11 @@ def read_frames(
     """
     if frame_order not in FRAME_ORDERS:
         raise ValueError(f"frame_order must be one of {FRAME_ORDERS}, got {frame_order!r}")
-    spath = _check_file(path)
-    cap = _open_checked(spath)
-    try:
-        video_fps, fps_note = _sanitize_fps(cap.get(cv2.CAP_PROP_FPS))
-        reported = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-        if fps_note:
-            warnings.warn(f"{spath}: {fps_note}", VideoMetadataWarning, stacklevel=2)
-        count = _sanitize_count(reported)
-        if count is None:
-            count = _count_decodable(spath)
-            warnings.warn(
-                f"{spath}: reported frame count {reported!r} is unusable; counted {count} frames",
-                VideoMetadataWarning,
-                stacklevel=2,
-            )
-            if count == 0:
-                raise VideoReadError(spath, "no decodable frames")
-        idx = sample_frame_indices(count, video_fps, fps, max_frames, slice_framepos)
-        # The selection depends on the total count unless it is ``head`` and already full; only
-        # then is checking that the file really ends at ``count`` skipped (checking can cost a
-        # decode of the rest of the file; for uniform/tail that is under one sampling interval).
-        full_head = slice_framepos == "head" and max_frames is not None and len(idx) == max_frames
-        frames, decoded = _decode_selected(cap, idx, None if full_head else count)
-    finally:
-        cap.release()
-
-    if decoded is not None and decoded != count:
-        if decoded == 0:
-            raise VideoReadError(spath, f"no decodable frames (container reports {count})")
-        if decoded < count:
-            warnings.warn(
-                f"{spath}: container reports {count} frames but only {decoded} decode "
-                "(truncated or damaged file); sampling from the decoded frames",
-                VideoTruncatedWarning,
-                stacklevel=2,
-            )
-        idx = sample_frame_indices(decoded, video_fps, fps, max_frames, slice_framepos)
-        if not all(int(i) in frames for i in idx):
-            cap = _open_checked(spath)
-            try:
-                frames, _ = _decode_selected(cap, idx, None)
-            finally:
-                cap.release()
-            if not all(int(i) in frames for i in idx):  # the file changed under us / flaky decode
-                raise VideoReadError(spath, "decoding is not repeatable (frames vanished on a second pass)")
-
-    out = np.stack([frames[int(i)] for i in idx])
-    times = idx.astype(np.float64) / video_fps
+    sampled = sample_video(path, fps, max_frames, slice_framepos)
+    out, times = sampled.frames, sampled.timestamps
     if frame_order == "reverse":
         out, times = out[::-1], times[::-1]
     elif frame_order == "random":
-        perm = (rng if rng is not None else np.random.default_rng()).permutation(len(idx))
+        perm = (rng if rng is not None else np.random.default_rng()).permutation(len(out))
         out, times = out[perm], times[perm]
     return np.ascontiguousarray(out), np.ascontiguousarray(times)

@@ -122,7 +122,7 @@ def test_collate(root):
 def test_frame_cache_equals_decoding_and_works_with_workers(root):
     plain = MSRVTTDataset(root, "val", image_size=S)
     cached = MSRVTTDataset(root, "val", image_size=S, cache_frames=True, progress=False)
-    assert len(cached._cache) == 10
+    assert len(cached._ram) == 10
     for i in range(len(plain)):
         torch.testing.assert_close(cached[i]["video"], plain[i]["video"])
     loader = DataLoader(cached, batch_size=5, num_workers=2, collate_fn=collate_fn)
@@ -174,7 +174,7 @@ def test_webm_videos_are_found(copy):
 
 def test_undecodable_video_raises_naming_it(copy):
     (copy / "videos" / "video51.mp4").write_text("not a video")
-    ds = MSRVTTDataset(copy, "test", image_size=S)
+    ds = MSRVTTDataset(copy, "test", image_size=S, verify=False)  # verified splits refuse up front
     with pytest.raises(VideoReadError, match="video51.mp4"):
         ds[1]
 
@@ -192,3 +192,20 @@ def test_csv_without_expected_column(copy):
     (copy / "MSRVTT_val.csv").write_text("id,text\n1,hello\n")
     with pytest.raises(ValueError, match=r"MSRVTT_val.csv.*missing column"):
         MSRVTTDataset(copy, "val", image_size=S)
+
+
+# ---- evaluation interface ----------------------------------------------------------------------
+
+
+def test_evaluation_interface(root):
+    ds = MSRVTTDataset(root, "test", image_size=S, max_frames=4)
+    assert ds.texts == [ds[i]["text"] for i in range(len(ds))] and ds.text_video_ids == ds.video_ids
+    videos = ds.video_dataset()
+    assert len(videos) == ds.num_videos == 12 and videos.video_ids == ds.video_order == ds.text_video_ids
+    item = videos[3]
+    assert set(item) == {"video_id", "video", "video_mask", "index"} and item["index"] == 3
+    torch.testing.assert_close(item["video"], ds[3]["video"])
+    batch = next(iter(DataLoader(videos, batch_size=5, collate_fn=collate_fn)))
+    assert batch["video_id"] == ds.video_order[:5] and "text" not in batch
+    train = MSRVTTDataset(root, "train", caption_mode="all", image_size=S)
+    assert train.text_video_index == [i for i in range(40) for _ in range(5)]

@@ -1,10 +1,14 @@
-"""Datasets from the ``dataset`` config group (names: synthetic, msrvtt)."""
+"""Datasets from the ``dataset`` config group (names: synthetic, msrvtt, msvd)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
-DATASETS = ("synthetic", "msrvtt")
+DATASETS = ("synthetic", "msrvtt", "msvd")
+_LAYOUT_HINT = {
+    "msrvtt": "the MSR-VTT annotation files (MSRVTT_data.json, MSRVTT_train.9k.csv, ...) and videos/",
+    "msvd": "train_list.txt, val_list.txt, test_list.txt, raw-captions.pkl and YouTubeClips/",
+}
 
 
 def dataset_root(cfg: Mapping, progress: bool = True) -> Path:
@@ -19,26 +23,94 @@ def dataset_root(cfg: Mapping, progress: bool = True) -> Path:
     root = Path(str(cfg.get("root"))).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset.root={root} does not exist: point dataset.root at the folder "
-                                f"holding the {name.upper()} annotation files and videos/")
+                                f"holding {_LAYOUT_HINT[name]}")
     return root
 
 
+def split_keyframes(cfg: Mapping, split: str) -> str:
+    """The keyframe scheme of a split: ``keyframes`` for train, ``eval_keyframes`` for val/test
+    (two values, so train x test scheme comparisons are one --multirun sweep)."""
+    train = cfg.get("keyframes", "uniform")
+    return train if split == "train" else (cfg.get("eval_keyframes") or train)
+
+
+def frame_cache_dir(cfg: Mapping, root: Path, scheme: str) -> Path:
+    """Where the frame cache of ``scheme`` lives: ``dataset.frame_cache.dir`` (``{keyframes}`` and
+    ``{size}`` in it are filled in) or ``<root>/frames/<scheme>-<size>``."""
+    from data import default_cache_dir
+    fc = cfg.get("frame_cache") or {}
+    size = int(fc.get("size", 224))
+    if fc.get("dir"):
+        return Path(str(fc["dir"]).replace("{keyframes}", scheme).replace("{size}", str(size))).expanduser()
+    return default_cache_dir(root, scheme, size)
+
+
 def build_split(cfg: Mapping, root: Path, split: str, image_size: int, seed: int,
-                progress: bool = True):
-    """A map-style dataset for ``split`` ('train', 'val', 'test') of the configured dataset."""
-    from data import MSRVTTDataset
-    return MSRVTTDataset(
-        root, split=split, train_csv=cfg.get("train_csv", "MSRVTT_train.9k.csv"),
-        video_dir=cfg.get("video_dir", "videos"),
-        caption_mode=cfg.get("caption_mode", "random") if split == "train" else "all",
+                progress: bool = True, allow_missing: Optional[bool] = None, verify: Optional[bool] = None):
+    """A map-style dataset for ``split`` ('train', 'val', 'test') of the configured dataset.
+
+    allow_missing: drop missing/unreadable videos (and their captions) instead of failing;
+    None = ``dataset.allow_missing``. The dataset's ``missing_videos`` lists what was dropped.
+    verify: check up front that every video reads (None: val/test yes, train no).
+    Training items of unreadable videos come back marked ``broken`` (``dataset.skip_broken``),
+    which ``TokenizeCollate`` drops and counts; val/test splits are checked up front instead.
+    """
+    from data import MSRVTTDataset, MSVDDataset
+    name = cfg.get("name")
+    scheme = split_keyframes(cfg, split)
+    fc = cfg.get("frame_cache") or {}
+    md = cfg.get("maxdiff") or {}
+    train = split == "train"
+    options = dict(
+        split=split, video_dir=cfg.get("video_dir", "YouTubeClips" if name == "msvd" else "videos"),
+        caption_mode=cfg.get("caption_mode", "random") if train else "all",
         fps=float(cfg.get("fps", 1.0)), max_frames=int(cfg.get("max_frames", 12)),
         slice_framepos=cfg.get("slice_framepos", "uniform"),
-        frame_order=cfg.get("frame_order", "normal") if split == "train" else cfg.get("eval_frame_order", "normal"),
-        image_size=image_size, seed=seed,
+        frame_order=cfg.get("frame_order", "normal") if train else cfg.get("eval_frame_order", "normal"),
+        image_size=image_size, seed=seed, normalize=bool(cfg.get("normalize", True)),
+        keyframes=scheme, maxdiff_step=int(md.get("step", 1)), maxdiff_blur=int(md.get("blur", 9)),
+        frame_cache=fc.get("use", "auto"), frame_cache_dir=frame_cache_dir(cfg, root, scheme),
+        frame_cache_size=int(fc.get("size", 224)), frame_cache_format=fc.get("format", "auto"),
         cache_frames=bool(cfg.get("cache_frames", False)),
         cache_budget_bytes=int(float(cfg.get("cache_budget_gb", 2.0)) * 2 ** 30),
-        progress=progress,
+        skip_broken=train and bool(cfg.get("skip_broken", True)),
+        allow_missing=bool(cfg.get("allow_missing", False)) if allow_missing is None else allow_missing,
+        verify=verify, progress=progress,
     )
+    if name == "msvd":
+        return MSVDDataset(root, captions_file=cfg.get("captions_file", "raw-captions.pkl"), **options)
+    return MSRVTTDataset(root, train_csv=cfg.get("train_csv", "MSRVTT_train.9k.csv"), **options)
+
+
+def dataset_videos(cfg: Mapping, root: Path) -> Tuple[Dict[str, Path], Dict[str, str]]:
+    """Every video the dataset's annotation files name, over all splits that have annotations:
+    (video id -> file, video id -> what was looked for, for the missing ones). For extract_frames.py.
+    Raises the first split's MissingDataError when no split has its annotation files."""
+    import warnings
+    from data import EmptySplitError, MissingDataError, MissingVideosWarning
+    # Listing only: no cache, no up-front checks, missing videos dropped rather than fatal.
+    listing = {**cfg, "frame_cache": {**(cfg.get("frame_cache") or {}), "use": False}, "cache_frames": False}
+    found: Dict[str, Path] = {}
+    missing: Dict[str, str] = {}
+    errors = []
+    for split in ("train", "val", "test"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", MissingVideosWarning)  # reported as failures instead
+                ds = build_split(listing, root, split, 224, 0, progress=False, allow_missing=True, verify=False)
+        except EmptySplitError as e:  # every video of the split is missing
+            dropped = e.missing_reasons
+        except MissingDataError as e:  # this split's annotation file is absent (e.g. no MSR-VTT val)
+            errors.append(e)
+            continue
+        else:
+            found.update({v: ds.video_path(v) for v in ds.video_order})
+            dropped = ds.missing_reasons
+        for v, reason in dropped.items():
+            missing.setdefault(v, reason.removeprefix("file not found: "))
+    if not found and not missing:
+        raise errors[0] if errors else ValueError(f"the dataset at {root} names no videos")
+    return found, {v: r for v, r in missing.items() if v not in found}
 
 
 def val_split_name(cfg: Mapping) -> Optional[str]:

@@ -1,0 +1,125 @@
+"""MSVD in the layout distributed for CLIP4Clip.
+
+Files under ``root``::
+
+    train_list.txt, val_list.txt, test_list.txt   one video id per line (1200 / 100 / 670)
+    raw-captions.pkl                              pickled dict: video id -> list of captions,
+                                                  each a list of tokens (about 40 per video)
+    YouTubeClips/<video_id>.avi
+
+Captions are the tokens joined by single spaces. Items: train with ``caption_mode="all"`` (as
+CLIP4Clip): one per (video, caption) pair; ``"random"``: one per video with a caption drawn per
+epoch. Val/test: one item per (video, caption) pair, videos in list order and captions in file
+order, so evaluation scores every caption (multi-sentence retrieval); ``video_dataset()`` then
+decodes each video once. Frames, caches and missing/broken videos: ``data.base``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+from .base import MissingDataError, SplitIndex, VideoTextDataset, find_video_files
+
+__all__ = ["MSVDDataset", "MissingDataError", "MSVD_VIDEO_EXTENSIONS", "load_msvd_captions"]
+
+#: Extensions tried, in order, for ``<video_dir>/<video_id><ext>`` (as distributed: .avi).
+MSVD_VIDEO_EXTENSIONS = (".avi", ".mp4")
+_LIST_FILES = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt"}
+
+
+def _read_list(path: Path) -> list[str]:
+    """Video ids, one per non-empty line, surrounding whitespace removed."""
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _caption_text(caption, path: Path, video_id: str) -> str:
+    if isinstance(caption, str):  # some re-distributions store plain strings
+        return " ".join(caption.split())
+    if isinstance(caption, (list, tuple)) and all(isinstance(t, str) for t in caption):
+        return " ".join(caption)
+    raise ValueError(f"{path}: caption of {video_id!r} is {type(caption).__name__} {caption!r:.80}; expected a list of tokens")
+
+
+def load_msvd_captions(path: Path) -> dict[str, list[str]]:
+    """video id -> captions (tokens joined by spaces), from ``raw-captions.pkl``.
+
+    The file is a pickle, as distributed; only load one you trust (pickles can run code).
+    """
+    with open(path, "rb") as f:
+        data = pickle.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: holds a {type(data).__name__}; expected a dict video id -> list of token lists")
+    out = {}
+    for vid, caps in data.items():
+        if not isinstance(caps, (list, tuple)):
+            raise ValueError(f"{path}: value for {vid!r} is {type(caps).__name__}; expected a list of captions")
+        out[str(vid)] = [_caption_text(c, path, vid) for c in caps]
+    return out
+
+
+class MSVDDataset(VideoTextDataset):
+    """MSVD as a map-style torch Dataset (same items and interface as ``MSRVTTDataset``).
+
+    Args:
+        root: dataset folder (layout in the module docstring).
+        split: "train", "val" or "test".
+        video_dir: folder of the videos, relative to root (or absolute).
+        caption_mode, fps, max_frames, slice_framepos, frame_order, image_size, seed: see
+            ``data.base.VideoTextDataset``.
+        captions_file: the pickle of captions, under root.
+        **options: keyword options of ``VideoTextDataset``.
+    """
+
+    dataset_name = "MSVD"
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        video_dir: str = "YouTubeClips",
+        caption_mode: str = "all",
+        fps: float = 1.0,
+        max_frames: int = 12,
+        slice_framepos: str = "uniform",
+        frame_order: str = "normal",
+        image_size: int = 224,
+        seed: int = 0,
+        *,
+        captions_file: str = "raw-captions.pkl",
+        **options,
+    ):
+        self._captions_file = captions_file
+        super().__init__(
+            root, split, video_dir=video_dir, caption_mode=caption_mode, fps=fps, max_frames=max_frames,
+            slice_framepos=slice_framepos, frame_order=frame_order, image_size=image_size, seed=seed, **options,
+        )
+
+    def _load_index(self) -> SplitIndex:
+        list_path = self.root / _LIST_FILES[self.split]
+        caps_path = self.root / self._captions_file
+        missing_files = [str(p) for p in (list_path, caps_path) if not p.is_file()]
+        ids = list(dict.fromkeys(_read_list(list_path))) if list_path.is_file() else []
+        paths, missing_videos = find_video_files(self.video_dir, ids, MSVD_VIDEO_EXTENSIONS)
+        if missing_files:
+            return SplitIndex(ids, [], {}, paths, missing_files, missing_videos)
+
+        all_caps = load_msvd_captions(caps_path)
+        no_caps = [v for v in ids if not all_caps.get(v)]
+        if no_caps:
+            raise ValueError(f"{caps_path}: {len(no_caps)} video(s) of {list_path.name} have no caption, e.g. {no_caps[:5]}")
+        captions = {v: all_caps[v] for v in ids}
+        if self.caption_mode == "random":
+            video_ids, texts = ids, [None] * len(ids)
+        else:
+            pairs = [(v, c) for v in ids for c in captions[v]]
+            video_ids, texts = [p[0] for p in pairs], [p[1] for p in pairs]
+        return SplitIndex(video_ids, texts, captions, paths, [], missing_videos)
+
+    def _layout(self) -> str:
+        return (
+            f"  {_LIST_FILES[self.split]}  (one video id per line)\n"
+            f"  {self._captions_file}  (pickled dict: video id -> list of captions, each a list of tokens)\n"
+            f"  {self.video_dir.name}/<video_id>.avi  (one per video of the split)"
+        )

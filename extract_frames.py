@@ -1,0 +1,79 @@
+"""Extract keyframes into a frame cache.
+
+    python extract_frames.py dataset=msrvtt9k keyframes=maxdiff
+    python extract_frames.py videos=/path/to/folder out=/path/to/cache
+
+See configs/extract_frames.yaml for the options and data/extract.py for how the run works
+(parallel workers, resumable, failures reported in <out>/failures.json).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Tuple
+
+import hydra
+from omegaconf import DictConfig
+
+from clip4clip.engine.errors import user_errors
+
+
+def settings_from_config(cfg) -> Any:
+    """ExtractSettings from the composed extract_frames config."""
+    from data import KeyframeParams
+    from data.extract import ExtractSettings
+    md = cfg.get("maxdiff") or {}
+    workers = cfg.get("workers", "auto")
+    workers = min(8, os.cpu_count() or 1) if workers in (None, "auto") else int(workers)
+    kf = KeyframeParams(scheme=str(cfg["keyframes"]), max_frames=int(cfg["max_frames"]), fps=float(cfg["fps"]),
+                        slice_framepos=str(cfg["slice_framepos"]), step=int(md.get("step", 1)),
+                        blur=int(md.get("blur", 9)))
+    return ExtractSettings(keyframes=kf, size=int(cfg["size"]), formats=tuple(cfg["formats"]),
+                           jpeg_quality=int(cfg["jpeg_quality"]), workers=workers,
+                           overwrite=bool(cfg["overwrite"]), retry_failed=bool(cfg["retry_failed"]),
+                           progress=bool(cfg["progress"]))
+
+
+def run_extraction(cfg) -> Tuple[Any, dict]:
+    """-> (ExtractReport, resolved config). Extracts a folder (``videos``) or a dataset."""
+    from omegaconf import OmegaConf
+
+    from clip4clip.engine.datasets import dataset_root, dataset_videos, frame_cache_dir
+    from data import default_cache_dir
+    from data.extract import extract_to_cache, videos_in_folder
+    config = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    settings = settings_from_config(config)
+    scheme, missing = settings.keyframes.scheme, {}
+    if config.get("videos"):
+        videos = videos_in_folder(config["videos"])
+        out = config.get("out") or default_cache_dir(Path(config["videos"]).expanduser(), scheme, settings.size)
+        what = f"{len(videos)} videos in {config['videos']}"
+    else:
+        dcfg = config["dataset"]
+        root = dataset_root(dcfg, progress=settings.progress)
+        videos, missing = dataset_videos(dcfg, root)
+        out = config.get("out") or frame_cache_dir({**dcfg, "frame_cache": {**dcfg.get("frame_cache", {}),
+                                                                            "size": settings.size}}, root, scheme)
+        what = f"{len(videos) + len(missing)} videos of {dcfg['name']} at {root}"
+    if settings.progress:
+        print(f"extracting {scheme} keyframes ({settings.keyframes.relevant()}) at {settings.size}px of "
+              f"{what} into {out} ({', '.join(settings.formats)})", flush=True)
+    report = extract_to_cache(videos, out, settings, missing=missing)
+    return report, config
+
+
+@hydra.main(config_path="configs", config_name="extract_frames", version_base="1.3")
+def main(cfg: DictConfig) -> int:
+    # FFmpeg's and OpenCV's own messages about broken files would bury the progress bar; every
+    # failure is in the report with its reason. Set these variables yourself to see them.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    with user_errors():
+        report, _ = run_extraction(cfg)
+    print(report.summary(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
