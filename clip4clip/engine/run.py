@@ -2,6 +2,10 @@
 
 ``run_training(cfg)`` and ``run_evaluation(cfg)`` return ``(metrics, objects)`` so tests and
 sweeps can call them directly; ``train.py`` / ``evaluate.py`` only add Hydra's ``main``.
+
+Under ``torchrun --nproc_per_node=N train.py ...`` run_training joins the process group (and
+leaves it at the end); ``trainer.batch_size`` stays the GLOBAL batch, split over the processes,
+so a config means the same training on any number of GPUs.
 """
 from __future__ import annotations
 
@@ -15,11 +19,14 @@ from torch.utils.data import DataLoader
 
 from ..builder import (build_model, build_tokenizer, init_state, init_tokenizer_state, model_args,
                        tokenizer_state)
+from ..loss import ClipLoss
 from ..metrics import format_table
 from .checkpoint import is_framework_checkpoint, load_checkpoint, resolve_resume_path, seed_everything
 from .collate import TokenizeCollate
 from .datasets import build_split, dataset_root, val_split_name
-from .evaluation import evaluate
+from .dist_eval import evaluate_distributed
+from .distributed import (DistInfo, all_gather_with_grad, barrier, broadcast_object, broadcast_parameters,
+                          init_distributed, main_process_first, shutdown, wrap_ddp)
 from .optim import build_optimizer, build_scheduler, pretrained_names
 from .precision import grad_scaler, resolve_device, resolve_precision
 from .sampler import EpochSampler
@@ -54,10 +61,11 @@ def _positive(cfg: Mapping, section: str, *keys: str) -> None:
             raise ValueError(f"{section}.{k}={v!r}; expected a positive number")
 
 
-def resolve_workers(value) -> int:
-    """``auto``: one loader process per CPU core, at most 8 (enough to feed one GPU)."""
+def resolve_workers(value, processes_per_node: int = 1) -> int:
+    """``auto``: this process's share of the CPU cores (cores / processes on the node), at
+    most 8 -- enough to feed one GPU from cached or pre-extracted frames."""
     if value in (None, "auto"):
-        return min(8, os.cpu_count() or 1)
+        return max(1, min(8, (os.cpu_count() or 1) // max(processes_per_node, 1)))
     n = int(value)
     if n < 0:
         raise ValueError(f"trainer.num_workers={value}; expected auto or an integer >= 0")
@@ -65,7 +73,6 @@ def resolve_workers(value) -> int:
 
 
 def _loader(dataset, batch_size, collate, num_workers, device, sampler=None):
-    num_workers = resolve_workers(num_workers)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                       num_workers=num_workers, collate_fn=collate,
                       pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
@@ -78,23 +85,53 @@ def _save_config(config: dict, out: Path) -> None:
     atomic_write_text(OmegaConf.to_yaml(OmegaConf.create(config)), out / "config.yaml")
 
 
+def resolve_normalize_on_device(value, device: torch.device) -> bool:
+    """``trainer.normalize_on_device``: auto (on CUDA), true or false."""
+    if value in (None, "auto"):
+        return device.type == "cuda"
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"trainer.normalize_on_device={value!r}; expected auto, true or false")
+
+
+def per_rank_batch(batch_size: int, info: DistInfo) -> int:
+    if batch_size % info.world_size:
+        raise ValueError(f"trainer.batch_size={batch_size} is the global batch and must divide evenly "
+                         f"over the {info.world_size} processes")
+    return batch_size // info.world_size
+
+
 def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     config = to_container(cfg)
-    tr, opt, mcfg, dcfg = config["trainer"], config["optim"], config["model"], config["dataset"]
+    tr = config["trainer"]
     _positive(config, "trainer", "epochs", "batch_size", "eval_batch_size")
     _positive(config, "optim", "lr")
-    out = check_output_dir(config["paths"]["output_dir"])
+    device = resolve_device(tr["device"])
+    info, device = init_distributed(device, tr.get("dist_backend", "auto"))
+    try:
+        return _train(config, info, device)
+    finally:
+        shutdown()
+
+
+def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    tr, opt, mcfg, dcfg = config["trainer"], config["optim"], config["model"], config["dataset"]
+    # Only rank 0 writes; the others use its folder (Hydra gives each process its own timestamp).
+    out = Path(broadcast_object(str(check_output_dir(config["paths"]["output_dir"])) if info.is_main else None))
+    batch_size = per_rank_batch(int(tr["batch_size"]), info)
     resume_ckpt = None
     if tr.get("resume"):
         resume_ckpt = load_checkpoint(resolve_resume_path(tr["resume"]))
     if tr.get("threads"):
         torch.set_num_threads(int(tr["threads"]))
     seed_everything(int(config["seed"]))
-    device = resolve_device(tr["device"])
     precision = resolve_precision(tr["precision"], device)
-    progress = bool(tr.get("progress", True))
+    progress = bool(tr.get("progress", True)) and info.is_main
+    if resolve_normalize_on_device(tr.get("normalize_on_device", "auto"), device):
+        dcfg = {**dcfg, "normalize": False}  # uint8 frames: 4x less to copy; normalised on the device
 
-    root = dataset_root(dcfg, progress=progress)
+    with main_process_first(info):  # rank 0 generates / downloads, the others then read
+        root = dataset_root(dcfg, progress=progress)
     image_size = int(mcfg["image_size"])
     seed = int(config["seed"])
     train_ds = build_split(dcfg, root, "train", image_size, seed, progress)
@@ -107,7 +144,8 @@ def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     tokenizer = build_tokenizer(mcfg, train_texts=[c for caps in train_ds.captions.values() for c in caps],
                                 state=tok_state)
     acfg = config.get("adapter") or {"name": "none"}
-    model = build_model(mcfg, vocab_size=tokenizer.vocab_size, adapter_cfg=acfg, init_state=init_state(mcfg))
+    with main_process_first(info):
+        model = build_model(mcfg, vocab_size=tokenizer.vocab_size, adapter_cfg=acfg, init_state=init_state(mcfg))
     if model.clip.visual.input_resolution != image_size:
         raise ValueError(f"model.image_size={image_size} but the CLIP model takes "
                          f"{model.clip.visual.input_resolution}px images; set model.image_size accordingly")
@@ -118,12 +156,13 @@ def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     model.to(device)
 
     collate = TokenizeCollate(tokenizer, int(mcfg["max_words"]))
-    sampler = EpochSampler(len(train_ds), seed=seed, shuffle=True,
+    # Round-robin shards: the ranks' k-th batches together are the single process's k-th batch.
+    sampler = EpochSampler(len(train_ds), seed=seed, shuffle=True, rank=info.rank, world_size=info.world_size,
                            shuffle_block=int(tr.get("shuffle_block", 1)))
-    workers = tr["num_workers"]
-    train_loader = _loader(train_ds, int(tr["batch_size"]), collate, workers, device, sampler=sampler)
+    workers = resolve_workers(tr["num_workers"], info.local_world_size)
+    train_loader = _loader(train_ds, batch_size, collate, workers, device, sampler=sampler)
     eval_options = {"tokenizer": tokenizer, "max_words": int(mcfg["max_words"]),
-                    "batch_size": int(tr["eval_batch_size"]), "num_workers": resolve_workers(workers)}
+                    "batch_size": int(tr["eval_batch_size"]), "num_workers": workers}
 
     optimizer = build_optimizer(model, lr=float(opt["lr"]), coef_lr=float(opt["coef_lr"]),
                                 pretrained=pretrained_names(model),
@@ -133,41 +172,55 @@ def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     scheduler = build_scheduler(optimizer, total_steps, float(opt["warmup_proportion"]),
                                 float(opt.get("min_lr_ratio", 0.0)))
     scaler = grad_scaler(device, precision)
+    compile_backend = tr.get("compile")
+    if compile_backend:  # in place: parameter names (and so checkpoints) stay as they are
+        model.compile(**({} if compile_backend is True else {"backend": str(compile_backend)}))
+    # DDP wraps after compile; the optimiser above holds the same parameter tensors.
+    train_model = wrap_ddp(model, device, info)
+    loss_fn = ClipLoss(info.rank, info.world_size, all_gather_with_grad if info.enabled else None)
 
-    _save_config(config, out)
-    logger = Logger(str(out / "tensorboard") if tr.get("tensorboard", True) else None)
+    if info.is_main:
+        _save_config(config, out)
+    logger = Logger(str(out / "tensorboard") if tr.get("tensorboard", True) and info.is_main else None)
     from adapters import format_parameter_summary, parameter_summary
     summary = parameter_summary(model)
-    print(f"model: {args['head']} head on CLIP {args['clip']['vision_width']}w/{args['clip']['vision_layers']}L, "
-          f"adapter {acfg.get('name', 'none')}; {format_parameter_summary(summary)} "
-          f"(exactly {summary['trainable']} of {summary['total']})", flush=True)
+    if info.is_main:
+        print(f"model: {args['head']} head on CLIP {args['clip']['vision_width']}w/{args['clip']['vision_layers']}L, "
+              f"adapter {acfg.get('name', 'none')}; {format_parameter_summary(summary)} "
+              f"(exactly {summary['trainable']} of {summary['total']})"
+              + (f"; {info.world_size} processes x batch {batch_size}" if info.enabled else ""), flush=True)
     logger.text("run/parameters", f"total {summary['total']}, trainable {summary['trainable']} "
                 f"({summary['percent']:.2f}%)", 0)
     extra = {"model_args": args, "tokenizer": tokenizer_state(tokenizer),
              "weights": "trainable" if acfg.get("save_trainable_only") else "full"}
-    trainer = Trainer(model, optimizer, scheduler, scaler, train_loader, sampler, device, precision,
+    trainer = Trainer(train_model, optimizer, scheduler, scaler, train_loader, sampler, device, precision,
                       epochs=int(tr["epochs"]), out_dir=out, config=config, extra_state=extra,
                       val_dataset=val_ds, eval_options=eval_options, grad_clip=float(opt.get("grad_clip") or 0.0),
                       log_every=int(tr["log_every"]), checkpoint_every_steps=int(tr.get("checkpoint_every_steps") or 0),
                       monitor=tr.get("monitor", "t2v/R1"), logger=logger, progress=progress,
-                      eval_every=int(tr.get("eval_every", 1)), vis_queries=int(tr.get("vis_queries", 4)))
+                      eval_every=int(tr.get("eval_every", 1)), vis_queries=int(tr.get("vis_queries", 4)),
+                      loss_fn=loss_fn, loss_chunk_size=int(tr.get("loss_chunk_size") or 0), dist=info)
     if resume_ckpt is not None:
         trainer.restore(resume_ckpt)
-        print(f"resumed from {tr['resume']} at epoch {trainer.state.epoch}, step {trainer.state.step}", flush=True)
+        if info.is_main:
+            print(f"resumed from {tr['resume']} at epoch {trainer.state.epoch}, step {trainer.state.step}", flush=True)
     state = trainer.fit()
 
-    # Final test of the selected checkpoint.
-    best_path = out / "checkpoints" / "best.pt"
-    trainer.load_weights(load_checkpoint(best_path))
+    # Final test of the selected checkpoint: rank 0 reads it, every rank gets its weights.
+    barrier()
+    if info.is_main:
+        trainer.load_weights(load_checkpoint(out / "checkpoints" / "best.pt"))
+    broadcast_parameters(model)
     test_ds = build_split(dcfg, root, "test", image_size, seed, progress)
-    test_metrics, _ = evaluate(model, test_ds, device=device, precision=precision, progress=progress,
-                               desc="test", **eval_options)
-    print(f"\ntest ({len(test_ds)} captions, checkpoint from epoch {state['best_epoch']}):\n"
-          f"{format_table(test_metrics)}", flush=True)
-    logger.metrics(test_metrics, state["step"], prefix="test")
-    logger.close()
+    test_metrics, _ = evaluate_distributed(model, test_ds, info, device=device, precision=precision,
+                                           progress=progress, desc="test", **eval_options)
     metrics = {"test": test_metrics, "best_epoch": state["best_epoch"],
                "val": next((h["val"] for h in state["history"] if h["epoch"] == state["best_epoch"] and "val" in h), None),
                "history": state["history"], "output_dir": str(out)}
-    write_json(metrics, out / "metrics.json")
+    if info.is_main:
+        print(f"\ntest ({len(test_ds)} captions, checkpoint from epoch {state['best_epoch']}):\n"
+              f"{format_table(test_metrics)}", flush=True)
+        logger.metrics(test_metrics, state["step"], prefix="test")
+        write_json(metrics, out / "metrics.json")
+    logger.close()
     return metrics, {"model": model, "tokenizer": tokenizer, "trainer": trainer, "output_dir": out}

@@ -1,7 +1,8 @@
 """The training loop: one epoch at a time, evaluation each epoch, checkpoints and resume.
 
 Objects come in fully built (model, optimiser, loaders...), so the loop knows nothing about
-configuration files; ``run.py`` builds them from the Hydra config.
+configuration files; ``run.py`` builds them from the Hydra config. Under torchrun every rank runs
+this loop on its shard of each global batch; only rank 0 writes checkpoints and logs.
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from tqdm.auto import tqdm
 from ..metrics import format_table
 from ..model import MAX_LOGIT_SCALE
 from .checkpoint import FORMAT, atomic_save, atomic_write_text, rng_state, set_rng_state
-from .evaluation import evaluate
-from .precision import autocast
+from .dist_eval import evaluate_distributed
+from .distributed import DistInfo, all_ranks_true
+from .step import ContrastiveStep, batch_to_device
 from .tensorboard import Logger, frame_strip, retrieval_grid
 
 
@@ -31,7 +33,7 @@ class NonFiniteLossError(RuntimeError):
 class TrainState:
     epoch: int = 0              # epochs fully completed
     step: int = 0               # optimiser steps taken in total
-    step_in_epoch: int = 0      # steps taken inside the current (unfinished) epoch
+    step_in_epoch: int = 0      # batches consumed inside the current (unfinished) epoch
     best_score: float = -math.inf
     best_epoch: int = -1
     history: List[dict] = field(default_factory=list)
@@ -51,7 +53,11 @@ class Trainer:
                  val_dataset=None, eval_options: Optional[dict] = None, grad_clip: float = 1.0, log_every: int = 10,
                  checkpoint_every_steps: int = 0, monitor: str = "t2v/R1",
                  logger: Optional[Logger] = None, progress: bool = True,
-                 eval_every: int = 1, vis_queries: int = 4, is_main: bool = True):
+                 eval_every: int = 1, vis_queries: int = 4, is_main: bool = True,
+                 loss_fn=None, loss_chunk_size: int = 0, dist: Optional[DistInfo] = None):
+        """``model`` may be wrapped in DistributedDataParallel (``dist`` then says which rank this
+        is; ``loss_fn`` is that rank's ClipLoss). ``loss_chunk_size`` > 0 runs the gradient
+        cache (``gradcache.py``): same step, activation memory of that many samples."""
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -76,7 +82,10 @@ class Trainer:
         self.progress = progress
         self.eval_every = eval_every
         self.vis_queries = vis_queries
-        self.is_main = is_main
+        self.dist = dist or DistInfo()
+        self.is_main = is_main and self.dist.is_main
+        self.step_fn = ContrastiveStep(model, loss_fn, device, precision, scaler, loss_chunk_size)
+        self.skipped_videos = 0     # unreadable training videos dropped by the collate (this rank)
         self.state = TrainState()
 
     # ------------------------------------------------------------------ checkpoints
@@ -123,20 +132,21 @@ class Trainer:
         self.state = TrainState(**ckpt["state"])
 
     # ------------------------------------------------------------------ steps
-    def train_step(self, batch: dict) -> Dict[str, float]:
-        model, dev = self.model, self.device
-        batch = {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with autocast(dev, self.precision):
-            out = model(batch["input_ids"], batch["attention_mask"], batch["video"], batch["video_mask"])
-        loss = out["loss"]
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """Stop before the gradients are touched (``loss`` is the global loss, so every rank
+        stops together)."""
         if not torch.isfinite(loss):
             last = self.ckpt_dir / "last.pt"
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at epoch {self.state.epoch} step {self.state.step} "
                 f"(step {self.state.step_in_epoch} of the epoch); stopping. The last good checkpoint "
                 f"is {last if last.exists() else 'not written yet'}. Lower optim.lr or check the data.")
+
+    def train_step(self, batch: dict) -> Dict[str, float]:
+        batch = batch_to_device(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        # Forward + backward of the global-batch loss (DDP all-reduces the gradients in there).
+        loss = self.step_fn(batch, check=self._check_finite)
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.grad_clip if self.grad_clip and self.grad_clip > 0 else float("inf")
@@ -166,17 +176,24 @@ class Trainer:
                    total=total, disable=not (self.progress and self.is_main), leave=False)
         losses, t0, clips = [], time.perf_counter(), 0
         for batch in bar:
+            self.skipped_videos += int(batch.get("num_broken", 0))
+            # A batch whose videos were all unreadable has nothing to train on; under DDP every
+            # rank must then skip the step, or the others would wait for its gradients.
+            if not all_ranks_true(not batch.get("empty", False), self.device):
+                self.state.step_in_epoch += 1  # consumed: a resumed run must not see it again
+                continue
             stats = self.train_step(batch)
             self.state.step += 1
             self.state.step_in_epoch += 1
             losses.append(stats["loss"])
-            clips += batch["video"].shape[0]
+            clips += batch["video"].shape[0] * self.dist.world_size  # global (ranks take equal shares)
             bar.set_postfix(loss=f"{stats['loss']:.4f}")
             if self.state.step % self.log_every == 0:
                 elapsed = time.perf_counter() - t0
                 scalars = {"train/loss": stats["loss"], "train/grad_norm": stats["grad_norm"],
                            "train/logit_scale": self.model_core().clip.logit_scale.exp().item(),
-                           "train/clips_per_s": clips / max(elapsed, 1e-9)}
+                           "train/clips_per_s": clips / max(elapsed, 1e-9),
+                           "train/skipped_videos": self.skipped_videos}
                 for g in self.optimizer.param_groups:
                     scalars[f"lr/{g.get('name', 'group')}"] = g["lr"]
                 self.logger.scalars(scalars, self.state.step)
@@ -188,10 +205,13 @@ class Trainer:
     def validate(self, epoch: int) -> Optional[dict]:
         if self.val_dataset is None:
             return None
-        metrics, enc = evaluate(self.model_core(), self.val_dataset, device=self.device,
-                                precision=self.precision, progress=self.progress and self.is_main,
-                                desc="validate", **self.eval_options)
+        # Every rank encodes its share; the metrics arrive on all ranks, the embeddings on rank 0.
+        metrics, enc = evaluate_distributed(self.model_core(), self.val_dataset, self.dist, device=self.device,
+                                            precision=self.precision, progress=self.progress and self.is_main,
+                                            desc="validate", **self.eval_options)
         self.logger.metrics(metrics, self.state.step, prefix="val")
+        if enc is None:
+            return metrics
         if enc.frame_weights is not None:
             self.logger.histogram("val/frame_weights", enc.frame_weights[enc.frame_weights > 0], self.state.step)
         self._log_retrievals(enc, epoch)
@@ -214,7 +234,11 @@ class Trainer:
                 if vid not in first_item_of:
                     return  # dataset cannot map ids back to items: skip the picture
                 item = dataset[first_item_of[vid]]
-                strips.append(frame_strip(item["video"], torch.as_tensor(item["video_mask"])))
+                video = item["video"]
+                if video.dtype == torch.uint8:  # dataset built with normalize=False
+                    from data.transforms import normalize_uint8
+                    video = normalize_uint8(video)
+                strips.append(frame_strip(video, torch.as_tensor(item["video_mask"])))
             gt = enc.video_ids[int(enc.text_video_index[q])]
             self.logger.image(f"retrieval/query{q}", retrieval_grid(strips), self.state.step)
             self.logger.text(f"retrieval/query{q}",

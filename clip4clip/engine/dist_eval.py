@@ -1,0 +1,139 @@
+"""Retrieval evaluation over several processes: each rank encodes a contiguous share of the
+videos (with their captions); rank 0 puts the shares back into the single-process order and
+computes the metrics once, which every rank then receives.
+
+Encoding itself is ``evaluation.py``'s (same batching and frame-weight handling), so the
+merged embeddings are those of a single-process evaluation up to float rounding.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from .distributed import DistInfo, broadcast_object, gather_objects
+from .evaluation import EncodedSplit, encode_split, encode_texts_and_videos, evaluate, split_metrics
+
+
+class NormalizeOnDevice(nn.Module):
+    """The evaluation interface of a CLIP4Clip (encode_text / encode_frames / encode_video /
+    head) taking uint8 videos, which it CLIP-normalises on their device first. Float videos
+    pass through unchanged. Used when the datasets ship uint8 frames (``normalize=False``)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @property
+    def head(self):
+        return self.model.head
+
+    @staticmethod
+    def _float(video: torch.Tensor) -> torch.Tensor:
+        if video.dtype != torch.uint8:
+            return video
+        from data.transforms import normalize_uint8
+        return normalize_uint8(video)
+
+    def encode_text(self, *args, **kwargs):
+        return self.model.encode_text(*args, **kwargs)
+
+    def encode_frames(self, video, **context):
+        return self.model.encode_frames(self._float(video), **context)
+
+    def encode_video(self, video, video_mask):
+        return self.model.encode_video(self._float(video), video_mask)
+
+    def forward(self, input_ids, attention_mask, video, video_mask):
+        return self.model(input_ids, attention_mask, self._float(video), video_mask)
+
+
+class _VideoShard:
+    """The two-stream evaluation interface (texts, text_video_ids, video_dataset()) restricted
+    to videos [lo, hi) of the parent's video order and the captions of those videos."""
+
+    def __init__(self, dataset, lo: int, hi: int):
+        videos = dataset.video_dataset()
+        order = list(videos.video_ids)
+        mine = set(order[lo:hi])
+        vids = list(dataset.text_video_ids)
+        self.text_rows = [i for i, v in enumerate(vids) if v in mine]
+        all_texts = list(dataset.texts)
+        self.texts = [all_texts[i] for i in self.text_rows]
+        self.text_video_ids = [vids[i] for i in self.text_rows]
+        self._videos = Subset(videos, range(lo, hi))
+
+    def video_dataset(self):
+        return self._videos
+
+
+def _share(n: int, info: DistInfo) -> Tuple[int, int]:
+    return n * info.rank // info.world_size, n * (info.rank + 1) // info.world_size
+
+
+def _encode_share(model, dataset, info: DistInfo, tokenizer, max_words, batch_size, device,
+                  precision, num_workers, progress, desc) -> Optional[dict]:
+    """This rank's share, as plain tensors/lists (None when the share is empty)."""
+    if hasattr(dataset, "video_dataset"):
+        lo, hi = _share(len(dataset.video_dataset()), info)
+        shard = _VideoShard(dataset, lo, hi)
+        if not shard.texts:
+            return None
+        enc = encode_texts_and_videos(model, shard, tokenizer, max_words, batch_size, device, precision,
+                                      num_workers, progress, desc)
+        rows = shard.text_rows
+    else:  # item datasets: contiguous items; videos shared by neighbours are merged on rank 0
+        from .collate import TokenizeCollate
+        lo, hi = _share(len(dataset), info)
+        if lo == hi:
+            return None
+        loader = DataLoader(Subset(dataset, range(lo, hi)), batch_size=batch_size, num_workers=num_workers,
+                            collate_fn=TokenizeCollate(tokenizer, max_words), pin_memory=device.type == "cuda")
+        enc = encode_split(model, loader, device, precision, progress, desc)
+        rows = list(range(lo, hi))
+    return {"rows": rows, "text_emb": enc.text_emb, "texts": enc.texts,
+            "text_vids": [enc.video_ids[i] for i in enc.text_video_index.tolist()],
+            "video_ids": enc.video_ids, "video_emb": enc.video_emb, "frame_weights": enc.frame_weights}
+
+
+def merge_shares(shares: List[Optional[dict]]) -> EncodedSplit:
+    """Shares in rank order -> the EncodedSplit a single process would have produced: captions
+    in dataset order, videos in first-appearance order."""
+    shares = [s for s in shares if s is not None]
+    if not shares:
+        raise ValueError("the evaluation split is empty")
+    texts = sorted((row, s["text_emb"][i], s["texts"][i], s["text_vids"][i])
+                   for s in shares for i, row in enumerate(s["rows"]))
+    row_of, video_embs, weights = {}, [], []
+    for s in shares:  # rank order = the single process's video order
+        for i, vid in enumerate(s["video_ids"]):
+            if vid not in row_of:
+                row_of[vid] = len(row_of)
+                video_embs.append(s["video_emb"][i])
+                if s["frame_weights"] is not None:
+                    weights.append(s["frame_weights"][i])
+    return EncodedSplit(
+        text_emb=torch.stack([t[1] for t in texts]), video_emb=torch.stack(video_embs),
+        text_video_index=torch.tensor([row_of[t[3]] for t in texts]), texts=[t[2] for t in texts],
+        video_ids=list(row_of), frame_weights=torch.stack(weights) if weights else None)
+
+
+def evaluate_distributed(model, dataset, info: DistInfo, tokenizer, max_words: int, batch_size: int,
+                         device, precision: str = "fp32", num_workers: int = 0, progress: bool = True,
+                         desc: str = "eval"):
+    """``evaluation.evaluate`` over all ranks. -> (metrics on every rank, EncodedSplit on rank 0
+    and None on the others). One process: exactly ``evaluate``. Accepts uint8 videos."""
+    model = NormalizeOnDevice(model)
+    if not info.enabled:
+        return evaluate(model, dataset, tokenizer, max_words, batch_size, device, precision,
+                        num_workers, progress, desc)
+    share = _encode_share(model, dataset, info, tokenizer, max_words, batch_size, device, precision,
+                          num_workers, progress and info.is_main, desc)
+    shares = gather_objects(share)
+    enc = metrics = None
+    if info.is_main:
+        enc = merge_shares(shares)
+        metrics = split_metrics(enc)
+    return broadcast_object(metrics), enc
