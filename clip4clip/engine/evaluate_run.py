@@ -6,18 +6,13 @@ overrides on top), an official CLIP4Clip ``pytorch_model.bin.N``, a released CLI
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, Iterable, Tuple
 
-import torch
-
-from ..builder import build_tokenizer, load_model_from_checkpoint
-from ..clip import PRETRAINED, clip_from_state_dict, load_clip, read_state_dict
 from ..metrics import format_table
-from ..model import CLIP4Clip
-from .checkpoint import is_framework_checkpoint, seed_everything
+from .checkpoint import seed_everything
 from .datasets import build_split, dataset_root
 from .evaluation import evaluate
+from .inference import load_any as _load_any, model_and_tokenizer
 from .precision import resolve_device, resolve_precision
 from .run import _save_config, check_output_dir, resolve_workers, to_container
 from .trainer import write_json
@@ -41,29 +36,6 @@ def merge_overrides(base: dict, composed: dict, overrides: Iterable[str]) -> dic
     return OmegaConf.to_container(merged, resolve=True)
 
 
-def _load_any(ckpt_arg: str) -> Tuple[str, Any]:
-    """-> (kind, payload): 'ours' (checkpoint dict), 'official' (state dict), 'clip' (CLIP)."""
-    if ckpt_arg in PRETRAINED:
-        return "clip", load_clip(ckpt_arg)
-    path = Path(ckpt_arg).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint={ckpt_arg}: no such file, and not a released CLIP name "
-                                f"{list(PRETRAINED)}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        obj = None  # TorchScript archives and foreign formats: try them as CLIP weights below
-    if is_framework_checkpoint(obj):
-        return "ours", obj
-    if isinstance(obj, dict) and any(str(k).startswith("clip.") for k in obj):
-        return "official", obj
-    sd = read_state_dict(path)
-    if "visual.proj" in sd:
-        return "clip", clip_from_state_dict(sd)
-    raise ValueError(f"checkpoint={path} is none of: a checkpoint of this framework, an official "
-                     f"CLIP4Clip checkpoint (keys 'clip.*'), CLIP weights (keys 'visual.*')")
-
-
 def run_evaluation(cfg, overrides: Iterable[str] = ()) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     composed = to_container(cfg)
     out = check_output_dir(composed["paths"]["output_dir"])
@@ -74,15 +46,7 @@ def run_evaluation(cfg, overrides: Iterable[str] = ()) -> Tuple[Dict[str, Any], 
         base.update({k: composed[k] for k in _RUN_KEYS if k in composed})
         config = merge_overrides(base, composed, [o for o in overrides
                                                   if o.split("=", 1)[0].lstrip("+~") not in _RUN_KEYS])
-        model = load_model_from_checkpoint(payload)
-        tok_state = payload.get("tokenizer") or {"kind": "clip"}
-        tokenizer = build_tokenizer(config["model"], state=tok_state if tok_state["kind"] != "clip" else None)
-    elif kind == "official":
-        model = CLIP4Clip.from_official_checkpoint(payload)
-        tokenizer = build_tokenizer({**config["model"], "tokenizer": "clip"})
-    else:
-        model = CLIP4Clip.from_clip(payload, "meanP")
-        tokenizer = build_tokenizer({**config["model"], "tokenizer": "clip"})
+    model, tokenizer = model_and_tokenizer(kind, payload, config["model"])
 
     tr = config["trainer"]
     seed_everything(int(config.get("seed", 0)))

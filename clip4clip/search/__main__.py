@@ -1,0 +1,140 @@
+"""Command line: ``python -m clip4clip.search index|search|serve ...`` (``--help`` on each)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m clip4clip.search",
+                                description="Index a video library, search it by text, browse it in a web page.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ix = sub.add_parser("index", help="build or update an index (incremental)")
+    ix.add_argument("--checkpoint", required=True,
+                    help="our checkpoint or run folder, an official CLIP4Clip checkpoint, or a CLIP name (ViT-B/32)")
+    ix.add_argument("--videos", help="library folder (nested folders are walked); default for our "
+                                     "checkpoints: the videos of the dataset they were trained on")
+    ix.add_argument("--out", required=True, help="index folder (created, or updated if it exists)")
+    ix.add_argument("--fps", type=float, help="video-embedding frames per second (default: the checkpoint's)")
+    ix.add_argument("--max-frames", type=int, help="video-embedding frames (default: the checkpoint's)")
+    ix.add_argument("--moment-fps", type=float, default=1.0, help="frames per second scored for the best moment")
+    ix.add_argument("--moment-frames", type=int, default=64, help="at most this many moment frames per video")
+    ix.add_argument("--proxies", choices=("auto", "off"), default="auto",
+                    help="auto: make a WebM playback copy of videos browsers cannot play (AVI, MKV, mp4v)")
+    ix.add_argument("--faiss", action="store_true", help="also build a FAISS index (needs faiss-cpu)")
+    ix.add_argument("--rebuild", action="store_true", help="re-encode everything, even with another model")
+    ix.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    ix.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared machine)")
+    ix.add_argument("--bpe-vocab", help="CLIP's BPE vocabulary file (CLIP checkpoints; default: cache/download)")
+    ix.add_argument("--no-progress", action="store_true")
+
+    se = sub.add_parser("search", help="search an index from the command line")
+    se.add_argument("--index", required=True)
+    se.add_argument("query", help="what happens in the video, e.g. 'a man is cooking'")
+    se.add_argument("-k", type=int, default=10, help="number of results")
+    se.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    se.add_argument("--captions", action="store_true", help="also show the caption-match (FTS5) results")
+    _common(se)
+
+    sv = sub.add_parser("serve", help="serve the search web page")
+    sv.add_argument("--index", required=True)
+    sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--library", help="where the videos are now, if the library moved since indexing")
+    _common(sv)
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("exact", "faiss"), default="exact",
+                   help="exact (default) or faiss (an index built with --faiss)")
+    p.add_argument("--checkpoint", help="the model file, if it moved since indexing (its fingerprint is checked)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def _default_library(encoder) -> Path:
+    """The video folder of the dataset an our-checkpoint was trained on."""
+    cfg = encoder.train_config
+    if not cfg or not cfg.get("dataset"):
+        raise ValueError("--videos is required for this checkpoint (it does not name the dataset it was trained on)")
+    from ..engine.datasets import dataset_root
+    dcfg = cfg["dataset"]
+    root = dataset_root(dcfg)
+    folder = root / str(dcfg.get("video_dir") or "")
+    print(f"indexing the videos of the checkpoint's dataset ({dcfg.get('name')}): {folder}", flush=True)
+    return folder
+
+
+def _index(args) -> int:
+    from .encoder import Encoder
+    from .indexer import build_index
+    encoder = Encoder.load(args.checkpoint, fps=args.fps, max_frames=args.max_frames, moment_fps=args.moment_fps,
+                           moment_frames=args.moment_frames, device=args.device, bpe_vocab=args.bpe_vocab)
+    videos = Path(args.videos) if args.videos else _default_library(encoder)
+    report = build_index(videos, Path(args.out), encoder, proxies=args.proxies, faiss=args.faiss,
+                         rebuild=args.rebuild, progress=not args.no_progress)
+    print(report.summary(), flush=True)
+    if report.failed and report.num_videos == 0:
+        print("error: no video could be indexed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _format_table(hits) -> str:
+    from .web import mmss
+    lines = [f"{'rank':>4}  {'score':>7}  {'moment':>8}  path"]
+    for h in hits:
+        missing = "  (file missing)" if not h.available else ""
+        lines.append(f"{h.rank:>4}  {h.score:>7.4f}  {mmss(h.moment):>8}  {h.path}{missing}")
+    return "\n".join(lines)
+
+
+def _search(args) -> int:
+    from .query import SearchIndex
+    index = SearchIndex.open(args.index, checkpoint=args.checkpoint, backend=args.backend, device=args.device)
+    hits = index.search(args.query, args.k)
+    captions = index.caption_search(args.query, args.k) if args.captions else None
+    if args.json:
+        out = {"query": args.query, "k": args.k, "results": [h.to_dict() for h in hits]}
+        if captions is not None:
+            out["caption_matches"] = [c.to_dict() for c in captions]
+        print(json.dumps(out, indent=2))
+        return 0
+    print(_format_table(hits) if hits else "the index holds no videos")
+    if captions is not None:
+        print("\ncaption match (FTS5 BM25):" if index.has_captions else "\nthis index holds no captions")
+        for c in captions:
+            print(f"{c.rank:>4}  {c.score:>7.2f}  {c.path}  {c.caption}")
+    return 0
+
+
+def _serve(args) -> int:
+    from .query import SearchIndex
+    from .web import create_app
+    index = SearchIndex.open(args.index, checkpoint=args.checkpoint, backend=args.backend, device=args.device,
+                             library=args.library)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach this machine can search the "
+              "library and play its videos", file=sys.stderr)
+    print(f"serving {index.num_videos} videos from {index.path} at http://{args.host}:{args.port}/", flush=True)
+    create_app(index).run(host=args.host, port=args.port, threaded=True)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    from ..engine.errors import user_errors
+    with user_errors():
+        return {"index": _index, "search": _search, "serve": _serve}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

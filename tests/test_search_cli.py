@@ -1,0 +1,97 @@
+"""Search command line: index, search (table and JSON), and one-line errors."""
+import json
+
+import pytest
+
+import search_utils as su
+from clip4clip.search import Encoder
+from clip4clip.search.__main__ import _default_library, main
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory):
+    return su.base_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def run(base):
+    return su.trained_run(base)
+
+
+def test_index_then_search_as_table_and_json(tmp_path, run, capsys):
+    out = tmp_path / "index"
+    # A run folder stands for its best checkpoint.
+    assert main(["index", "--videos", str(su.real_videos()), "--checkpoint", str(run["run"]),
+                 "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    assert "3 videos (3 added" in capsys.readouterr().out
+    assert main(["index", "--videos", str(su.real_videos()), "--checkpoint", str(run["checkpoint"]),
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "3 unchanged" in capsys.readouterr().out
+
+    assert main(["search", "--index", str(out), "two people at a table", "-k", "2"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["rank", "score", "moment", "path"] and len(table) == 3
+    assert main(["search", "--index", str(out), "two people at a table", "-k", "5", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["query"] == "two people at a table" and len(data["results"]) == 3
+    hit = data["results"][0]
+    assert {"rank", "path", "score", "moment", "moment_score", "duration", "available"} <= set(hit)
+    assert 0 <= hit["moment"] <= hit["duration"] and hit["rank"] == 1
+
+
+def test_caption_matches_from_the_command_line(base, run, capsys):
+    out = su.built_index("synthetic_index", su.synthetic_library(base, run["data"]), run["checkpoint"], base)
+    caption = next(iter(su.split_captions(run["data"]).values()))
+    assert main(["search", "--index", str(out), caption, "-k", "3", "--json", "--captions"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["caption_matches"]) == 3 and data["results"][0]["captions"]
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path, base, run, capsys):
+    out = su.built_index("real_index", su.real_videos(), run["checkpoint"], base)
+    cases = [
+        (["search", "--index", str(tmp_path / "nope"), "x"], "no such folder"),
+        (["search", "--index", str(out), "   "], "the query is empty"),
+        (["search", "--index", str(out), "x" * 501], "the limit is 500"),
+        (["search", "--index", str(out), "x", "--backend", "faiss"], "no FAISS index"),
+        (["index", "--videos", str(tmp_path / "none"), "--checkpoint", str(run["checkpoint"]), "--out",
+          str(tmp_path / "o")], "no such folder"),
+        (["index", "--videos", str(tmp_path), "--checkpoint", str(tmp_path / "missing.pt"), "--out",
+          str(tmp_path / "o")], "no such file or run folder"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err, (argv, err)
+
+
+def test_videos_default_to_the_checkpoints_dataset(run):
+    enc = Encoder.load(str(run["checkpoint"]))
+    assert _default_library(enc) == run["data"] / "videos"
+    # Sampling follows the checkpoint's own evaluation settings.
+    assert (enc.sampling.fps, enc.sampling.max_frames, enc.sampling.image_size) == (0.5, 4, 32)
+
+
+def test_zero_shot_clip_weights_index_and_search(tmp_path, capsys):
+    """A CLIP weights file (the zero-shot path; ViT-B/32's own file is the same format):
+    meanP head, CLIP's BPE tokenizer, CLIP4Clip's 1 fps / 12 frames sampling."""
+    import torch
+    from clip4clip.clip import CLIP, CLIPConfig
+    clip = CLIP(CLIPConfig(embed_dim=64, image_resolution=32, vision_layers=1, vision_width=64,
+                           vision_patch_size=16, context_length=77, vocab_size=49408,
+                           transformer_width=64, transformer_layers=1))
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    bpe = su.SHARED / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+    out = tmp_path / "index"
+    assert main(["index", "--videos", str(su.real_videos()), "--checkpoint", str(tmp_path / "clip.pt"),
+                 "--bpe-vocab", str(bpe), "--out", str(out), "--no-progress", "--proxies", "off"]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(out), "a pool", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["results"]) == 3
+    from clip4clip.search import SearchIndex
+    meta = SearchIndex.open(out).meta
+    assert meta["model"]["kind"] == "clip" and meta["model"]["bpe_vocab"] == str(bpe.resolve())
+    assert (meta["sampling"]["fps"], meta["sampling"]["max_frames"]) == (1.0, 12)
