@@ -275,3 +275,27 @@ def test_aim_experiment_names_missing_dataset_and_missing_weights(tmp_path, synt
     with pytest.raises(Exception) as info:
         run_training(cfg)
     assert "ViT-B-32.pt" in str(info.value) and str(tmp_path / "cache") in str(info.value)
+
+
+def test_evaluation_refuses_missing_videos_unless_allowed_and_then_reports_them(tmp_path, synth_root, reference_dir,
+                                                                                 bpe_vocab_path):
+    import csv
+    import shutil
+
+    from data import ensure_synthetic_dataset
+    ensure_synthetic_dataset(synth_root, progress=False, num_train=48, num_val=16, num_test=16)
+    root = tmp_path / "copy"
+    shutil.copytree(synth_root, root)
+    with open(root / "MSRVTT_JSFUSION_test.csv") as f:
+        victim = next(csv.DictReader(f))["video_id"]
+    (root / "videos" / f"{victim}.mp4").unlink()
+    common = [f"checkpoint={reference_dir / 'clip4clip_meanP_official_ckpt.bin'}", "dataset=synthetic",
+              f"dataset.root={root}", "dataset.generator.num_train=48", "dataset.generator.num_val=16",
+              "dataset.generator.num_test=16", "dataset.max_frames=4", f"model.bpe_vocab={bpe_vocab_path}",
+              "trainer.progress=false"]
+    with pytest.raises(FileNotFoundError, match=victim):
+        run_evaluation(compose_cfg("evaluate", [*common, f"paths.output_dir={tmp_path / 'a'}"]))
+    with pytest.warns(UserWarning):
+        result, _ = run_evaluation(compose_cfg("evaluate", [*common, "dataset.allow_missing=true",
+                                                            f"paths.output_dir={tmp_path / 'b'}"]))
+    assert result["missing_videos"] == [victim] and result["num_texts"] == 15

@@ -61,11 +61,16 @@ def run_evaluation(cfg, overrides: Iterable[str] = ()) -> Tuple[Dict[str, Any], 
     ds = build_split(dcfg, root, split, image_size, int(config.get("seed", 0)), progress)
     metrics, enc = evaluate(model, ds, tokenizer, int(config["model"]["max_words"]), int(tr["eval_batch_size"]),
                             device, precision, resolve_workers(tr["num_workers"]), progress, desc=split)
+    # Only reachable with dataset.allow_missing=true; otherwise the split refused to build.
+    missing = list(getattr(ds, "missing_videos", []) or [])
+    caveat = (f"\nWARNING: {len(missing)} video(s) of the split were missing or unreadable and are "
+              f"left out with their captions (dataset.allow_missing=true): these metrics are not "
+              f"comparable to the full split." if missing else "")
     print(f"{kind} checkpoint {composed['checkpoint']} on {dcfg['name']} {split} "
-          f"({len(enc.texts)} captions, {len(enc.video_ids)} videos):\n{format_table(metrics)}", flush=True)
+          f"({len(enc.texts)} captions, {len(enc.video_ids)} videos):\n{format_table(metrics)}{caveat}", flush=True)
     result = {"metrics": metrics, "checkpoint": str(composed["checkpoint"]), "checkpoint_kind": kind,
               "dataset": dcfg["name"], "split": split, "num_texts": len(enc.texts),
-              "num_videos": len(enc.video_ids)}
+              "num_videos": len(enc.video_ids), "missing_videos": missing}
     _save_config(config, out)
     write_json(result, out / "metrics.json")
     return result, {"model": model, "tokenizer": tokenizer, "encoded": enc, "output_dir": out}
