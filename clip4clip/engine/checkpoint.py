@@ -3,42 +3,28 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
 
+from data.atomic import atomic_write
+from data.atomic import atomic_write_text as _atomic_write_text
+
 FORMAT = "clip4clip-framework/1"
 
 
-def _atomic_write(path: Union[str, os.PathLike], write: Callable[[Any], None], mode: str) -> Path:
-    """Write through ``write(file)`` to a temp file in the same folder, fsync, then rename over
-    ``path``: a kill at any moment leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def atomic_save(obj: Any, path: Union[str, os.PathLike]) -> Path:
-    """``torch.save`` that never leaves a truncated checkpoint behind."""
-    return _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+    """``torch.save`` to a temp file, fsync, rename over ``path``: a kill at any moment leaves
+    the old checkpoint or the new one, never a truncated one."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), fsync=True)
 
 
 def atomic_write_text(text: str, path: Union[str, os.PathLike]) -> Path:
-    return _atomic_write(path, lambda f: f.write(text), "w")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return _atomic_write_text(path, text)
 
 
 def rng_state() -> Dict[str, Any]:
