@@ -33,3 +33,16 @@ def videos_dir(shared_dir) -> Path:
 @pytest.fixture(scope="session")
 def bpe_vocab_path(shared_dir) -> Path:
     return _require(shared_dir / "clip" / "bpe_simple_vocab_16e6.txt.gz")
+
+
+REAL_CLIPS = ("arm_wrestling.mp4", "eye_makeup.avi", "pool_cleaning.mp4")
+
+
+@pytest.fixture(scope="session")
+def clips(videos_dir) -> Path:
+    """The folder of the three real clips, failing (not skipping) when any is missing."""
+    missing = [n for n in REAL_CLIPS if not (videos_dir / n).is_file()]
+    if missing:
+        pytest.fail(f"real test clips missing: {missing} expected in {videos_dir} (the shared test data folder)",
+                    pytrace=False)
+    return videos_dir

@@ -15,6 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
+
 from framework_utils import REPO, TINY_MODEL, compose_cfg
 
 SHARED = REPO.parent / "shared"
@@ -128,3 +130,16 @@ def splice(first: Path, second: Path, out: Path, seconds_each: float = 4.0) -> N
     for frame in frames:
         writer.write(frame)
     writer.release()
+
+
+# Session fixtures shared by the search test files (import them by name).
+@pytest.fixture(scope="session")
+def base(tmp_path_factory):
+    """One temp folder per test session for the trained run, libraries and indexes."""
+    return base_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def run(base):
+    """The tiny model trained once per session (see ``trained_run``)."""
+    return trained_run(base)

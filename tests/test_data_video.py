@@ -28,14 +28,6 @@ CLIPS = {
 }
 
 
-@pytest.fixture(scope="module")
-def clips() -> Path:
-    missing = [n for n in CLIPS if not (VIDEOS / n).is_file()]
-    if missing:
-        pytest.fail(f"real test clips missing: {missing} expected in {VIDEOS} (the shared test data folder)")
-    return VIDEOS
-
-
 @functools.lru_cache(maxsize=8)
 def _decode_all(path: str) -> np.ndarray:
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)

@@ -17,14 +17,6 @@ VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "v
 CLIPS = {"arm_wrestling.mp4": (28.0, 280), "eye_makeup.avi": (25.0, 164), "pool_cleaning.mp4": (30.0, 300)}
 
 
-@pytest.fixture(scope="module")
-def clips() -> Path:
-    missing = [n for n in CLIPS if not (VIDEOS / n).is_file()]
-    if missing:
-        pytest.fail(f"real test clips missing: {missing} expected in {VIDEOS} (the shared test data folder)")
-    return VIDEOS
-
-
 @functools.lru_cache(maxsize=4)
 def _decode_all_bgr(path: str) -> np.ndarray:
     cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)

@@ -4,18 +4,9 @@ import json
 import pytest
 
 import search_utils as su
+from search_utils import base, run  # noqa: F401  (session fixtures)
 from clip4clip.search import Encoder
 from clip4clip.search.__main__ import _default_library, main
-
-
-@pytest.fixture(scope="session")
-def base(tmp_path_factory):
-    return su.base_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def run(base):
-    return su.trained_run(base)
 
 
 def test_index_then_search_as_table_and_json(tmp_path, run, capsys):

@@ -10,19 +10,10 @@ import pytest
 import torch
 
 import search_utils as su
+from search_utils import base, run  # noqa: F401  (session fixtures)
 from clip4clip.search import IndexMismatchError, SearchIndex, build_index
 from clip4clip.search import indexer as indexer_mod
 from clip4clip.search import store
-
-
-@pytest.fixture(scope="session")
-def base(tmp_path_factory):
-    return su.base_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def run(base):
-    return su.trained_run(base)
 
 
 @pytest.fixture(scope="session")

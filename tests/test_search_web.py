@@ -6,19 +6,10 @@ import markupsafe
 import pytest
 
 import search_utils as su
+from search_utils import base, run  # noqa: F401  (session fixtures)
 from clip4clip.search import SearchIndex, build_index
 from clip4clip.search.query import MAX_QUERY_CHARS
 from clip4clip.search.web import create_app
-
-
-@pytest.fixture(scope="session")
-def base(tmp_path_factory):
-    return su.base_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def run(base):
-    return su.trained_run(base)
 
 
 @pytest.fixture(scope="session")

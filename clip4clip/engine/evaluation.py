@@ -28,6 +28,16 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def _encode_videos(model, video: torch.Tensor, mask: torch.Tensor, weights: list) -> torch.Tensor:
+    """[B,T,3,H,W], [B,T] -> [B,D]; heads with frame weights also append them [B,T] to
+    ``weights`` (TensorBoard shows their distribution)."""
+    if not hasattr(model.head, "frame_weights"):
+        return model.encode_video(video, mask)
+    v, w = model.head(model.encode_frames(video, frame_mask=mask), mask, return_weights=True)
+    weights.append(w.float().cpu())
+    return v
+
+
 @torch.no_grad()
 def encode_split(model, loader, device: torch.device, precision: str = "fp32",
                  progress: bool = True, desc: str = "eval") -> EncodedSplit:
@@ -39,7 +49,6 @@ def encode_split(model, loader, device: torch.device, precision: str = "fp32",
     model.eval()
     texts, text_embs, video_ids, video_embs, index, weights = [], [], [], [], [], []
     row_of = {}
-    want_weights = hasattr(model.head, "frame_weights")
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         batch = _to(batch, device)
         with autocast(device, precision):
@@ -50,12 +59,7 @@ def encode_split(model, loader, device: torch.device, precision: str = "fp32",
             if new:
                 sel = torch.tensor(new, device=device)
                 video, mask = batch["video"][sel], batch["video_mask"][sel]
-                if want_weights:
-                    frames = model.encode_frames(video, frame_mask=mask)
-                    v, w = model.head(frames, mask, return_weights=True)
-                    weights.append(w.float().cpu())
-                else:
-                    v = model.encode_video(video, mask)
+                v = _encode_videos(model, video, mask, weights)
                 video_embs.append(v.float().cpu())
                 video_ids.extend(batch["video_id"][i] for i in new)
         text_embs.append(t.float().cpu())
@@ -95,16 +99,11 @@ def encode_texts_and_videos(model, dataset, tokenizer, max_words: int, batch_siz
     loader = DataLoader(videos, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                         pin_memory=device.type == "cuda")
     video_ids, video_embs, weights = [], [], []
-    want_weights = hasattr(model.head, "frame_weights")
     for batch in tqdm(loader, desc=f"{desc} videos", disable=not progress, leave=False):
         video = batch["video"].to(device, non_blocking=True)
         mask = batch["video_mask"].to(device, non_blocking=True)
         with autocast(device, precision):
-            if want_weights:
-                v, w = model.head(model.encode_frames(video, frame_mask=mask), mask, return_weights=True)
-                weights.append(w.float().cpu())
-            else:
-                v = model.encode_video(video, mask)
+            v = _encode_videos(model, video, mask, weights)
         video_embs.append(v.float().cpu())
         video_ids.extend(batch["video_id"])
     model.train(was_training)
