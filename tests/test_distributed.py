@@ -95,6 +95,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             loss = step(SPLITS[mode](tiny_batch(8), rank))
             results[mode] = (loss, grads(model))
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank closes its connections while the other is still using them
     finally:
         dist.destroy_process_group()
 

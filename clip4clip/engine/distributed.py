@@ -96,6 +96,10 @@ def shutdown() -> None:
     """Leave the process group if ``init_distributed`` created it (one a caller made is theirs)."""
     global _CREATED
     if _CREATED and dist.is_initialized():
+        # Wait for every rank first: a rank that tears down its gloo connections while a peer
+        # is still mid-collective makes the peer abort ("terminate called without an active
+        # exception").
+        dist.barrier()
         dist.destroy_process_group()
     _CREATED = False
 
