@@ -1,4 +1,6 @@
-"""CLIP4Clip: CLIP's two towers plus a temporal head that pools frame features into a video.
+"""CLIP4Clip: CLIP's two towers plus a head on the frame features: a temporal head that pools
+them into one video embedding (two-tower: meanP, seqLSTM, seqTransf, frameweight), or the
+tightTransf cross-encoder that scores each (text, video) pair jointly.
 
 Model code takes plain arguments (a CLIP module and a head module); configuration files and
 distributed training live elsewhere.
@@ -12,7 +14,7 @@ import torch
 from torch import nn
 
 from .clip import CLIP, clip_from_state_dict
-from .heads import HEADS, TemporalHead, build_head, l2_normalize
+from .heads import HEADS, Head, build_head, l2_normalize
 from .loss import contrastive_loss
 
 # Maximum log logit scale: CLIP clamps logit_scale.exp() at 100.
@@ -22,10 +24,16 @@ MAX_LOGIT_SCALE = 4.605170185988092
 class CLIP4Clip(nn.Module):
     """Args:
         clip: a CLIP model (its text tower and image tower are used as they are).
-        head: a temporal head mapping [B, T, D] frame features to [B, D] videos.
+        head: a temporal head mapping [B, T, D] frame features to [B, D] videos, or a
+            cross-encoder (``two_tower`` False) scoring texts against videos' frames.
+
+    ``text_features`` / ``video_features`` / ``score`` are the retrieval interface common to
+    both kinds: two-tower features are normalised embeddings [B, D] scored by a scaled dot
+    product; a cross-encoder's are the raw text feature [B, D] and the frame features
+    [B, T, D] (with the video mask), scored pair by pair.
     """
 
-    def __init__(self, clip: CLIP, head: TemporalHead):
+    def __init__(self, clip: CLIP, head: Head):
         super().__init__()
         self.clip = clip
         self.head = head
@@ -37,6 +45,11 @@ class CLIP4Clip(nn.Module):
     @property
     def embed_dim(self) -> int:
         return self.clip.embed_dim
+
+    @property
+    def two_tower(self) -> bool:
+        """False for a cross-encoder head: no video embedding exists, pairs are scored jointly."""
+        return self.head.two_tower
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                     normalize: bool = True) -> torch.Tensor:
@@ -54,7 +67,11 @@ class CLIP4Clip(nn.Module):
         return feats.reshape(b, t, -1)
 
     def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
-        """video [B, T, 3, H, W], video_mask [B, T] (1 = real frame) -> [B, D] normalised."""
+        """video [B, T, 3, H, W], video_mask [B, T] (1 = real frame) -> [B, D] normalised.
+        Two-tower heads only: a cross-encoder has no video embedding (see ``video_features``)."""
+        if not self.two_tower:
+            raise ValueError(f"the {self.head.name} head is a cross-encoder: it has no video embedding; "
+                             "use video_features() and score()")
         return self.head(self.encode_frames(video, frame_mask=video_mask), video_mask)
 
     def similarity(self, text_emb: torch.Tensor, video_emb: torch.Tensor) -> torch.Tensor:
@@ -63,12 +80,41 @@ class CLIP4Clip(nn.Module):
         scale = self.clip.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
         return scale * text_emb @ video_emb.t()
 
+    # ------------------------------------------------------------------ retrieval interface
+    def text_features(self, input_ids: torch.Tensor,
+                      attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """What ``score`` takes for texts: [B, D], L2-normalised for two-tower heads, the raw
+        projected end-of-text feature for a cross-encoder (CLIP4Clip feeds it unnormalised)."""
+        return self.encode_text(input_ids, attention_mask, normalize=self.two_tower)
+
+    def video_features(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+        """What ``score`` takes for videos: the video embedding [B, D] (two-tower) or the
+        per-frame features [B, T, D], not normalised (cross-encoder; keep ``video_mask``)."""
+        if self.two_tower:
+            return self.encode_video(video, video_mask)
+        return self.encode_frames(video, frame_mask=video_mask)
+
+    def score(self, text: torch.Tensor, video: torch.Tensor, video_mask: Optional[torch.Tensor] = None,
+              text_chunk: Optional[int] = None) -> torch.Tensor:
+        """Features from ``text_features`` [Bt, D] and ``video_features`` -> logits [Bt, Bv]
+        (rows are texts). Two-tower: ``similarity`` (``video_mask`` unused). Cross-encoder:
+        the head scores every pair, ``text_chunk`` texts at a time (memory of text_chunk * Bv
+        sequences; the result does not depend on it)."""
+        if self.two_tower:
+            return self.similarity(text, video)
+        if video_mask is None:
+            raise ValueError(f"the {self.head.name} head needs the video mask [Bv, T] to score")
+        return self.head(text, video, video_mask, text_chunk=text_chunk)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 video: torch.Tensor, video_mask: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Returns {'text_emb' [B, D], 'video_emb' [B, D], 'logits' [B, B], 'loss' scalar}."""
-        text_emb = self.encode_text(input_ids, attention_mask)
-        video_emb = self.encode_video(video, video_mask)
-        logits = self.similarity(text_emb, video_emb)
+        """Returns {'text_emb', 'video_emb', 'logits' [B, B], 'loss' scalar}: the symmetric
+        cross-entropy over the batch's text-by-video matrix (matching pairs on the diagonal).
+        'text_emb' / 'video_emb' are the ``text_features`` / ``video_features`` of the batch:
+        [B, D] and [B, D] for two-tower heads, [B, D] and [B, T, D] for a cross-encoder."""
+        text_emb = self.text_features(input_ids, attention_mask)
+        video_emb = self.video_features(video, video_mask)
+        logits = self.score(text_emb, video_emb, video_mask)
         return {"text_emb": text_emb, "video_emb": video_emb, "logits": logits,
                 "loss": contrastive_loss(logits)}
 
@@ -77,7 +123,7 @@ class CLIP4Clip(nn.Module):
     def from_clip(cls, clip: CLIP, head: str = "meanP", init_head_from_clip: bool = True,
                   **head_kwargs) -> "CLIP4Clip":
         """Wrap a (pretrained) CLIP with a new head, initialised from the CLIP weights where
-        the head knows how (seqTransf/frameweight copy the text tower, as CLIP4Clip)."""
+        the head knows how (seqTransf/frameweight/tightTransf copy the text tower, as CLIP4Clip)."""
         head_module = build_head(head, clip.embed_dim, **head_kwargs)
         if init_head_from_clip:
             head_module.init_from_clip(clip.state_dict())
@@ -88,7 +134,8 @@ class CLIP4Clip(nn.Module):
                                  **head_kwargs) -> "CLIP4Clip":
         """Load a checkpoint written by the official CLIP4Clip trainer (``pytorch_model.bin.N``:
         CLIP under ``clip.`` in float16, heads in float32). The head is detected from the keys:
-        ``transformerClip.*`` -> seqTransf, ``lstm_visual.*`` -> seqLSTM, none -> meanP."""
+        ``transformerClip.*`` -> seqTransf, ``lstm_visual.*`` -> seqLSTM, ``cross.*`` /
+        ``similarity_dense.*`` -> tightTransf, none -> meanP."""
         sd = path if isinstance(path, Mapping) else _read_checkpoint(path)
         where = "checkpoint" if isinstance(path, Mapping) else str(path)
         clip_sd = {k[len("clip."):]: v.float() if torch.is_floating_point(v) else v
@@ -97,9 +144,6 @@ class CLIP4Clip(nn.Module):
         if not clip_sd:
             raise ValueError(f"{where} has no 'clip.*' keys: not an official CLIP4Clip checkpoint "
                              f"(first keys: {sorted(sd)[:5]})")
-        if any(k.startswith("cross.") for k in rest):
-            raise ValueError(f"{where} is a tightTransf (cross-encoder) checkpoint; it is not "
-                             "a two-tower model and cannot be loaded as CLIP4Clip")
         head_name = detect_official_head(rest)
         head_cls = HEADS[head_name]
         kwargs = {**head_cls.official_kwargs(rest), **head_kwargs}
@@ -129,7 +173,7 @@ def detect_official_head(non_clip_sd: Mapping[str, torch.Tensor]) -> str:
     return "meanP"
 
 
-def _official_keys_used(head: TemporalHead, non_clip_sd: Mapping) -> set:
+def _official_keys_used(head: Head, non_clip_sd: Mapping) -> set:
     ignored = set(getattr(head, "ignored_official_keys", lambda: ())())
     prefixes = type(head).official_prefixes
     used = {k for k in non_clip_sd if prefixes and k.startswith(prefixes)}

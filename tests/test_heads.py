@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from clip4clip.clip import CLIP, CLIPConfig
-from clip4clip.heads import HEADS, FrameWeight, SeqTransf, build_head
+from clip4clip.heads import TEMPORAL_HEADS, FrameWeight, SeqTransf, build_head
 
 D = 32
 
@@ -17,7 +17,7 @@ def _inputs(seed=0, b=3, t=6):
     return feats, mask
 
 
-@pytest.mark.parametrize("name", sorted(HEADS))
+@pytest.mark.parametrize("name", sorted(TEMPORAL_HEADS))  # tightTransf: tests/test_tighttransf.py
 def test_every_head_outputs_unit_vectors_and_ignores_padding_content(name):
     torch.manual_seed(0)
     head = build_head(name, D, **({} if name in ("meanP", "seqLSTM") else {"num_blocks": 2})).eval()

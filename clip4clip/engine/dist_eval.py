@@ -19,8 +19,9 @@ from .evaluation import EncodedSplit, encode_split, encode_texts_and_videos, eva
 
 class NormalizeOnDevice(nn.Module):
     """The evaluation interface of a CLIP4Clip (encode_text / encode_frames / encode_video /
-    head) taking uint8 videos, which it CLIP-normalises on their device first. Float videos
-    pass through unchanged. Used when the datasets ship uint8 frames (``normalize=False``)."""
+    head, and the retrieval interface text_features / video_features / score) taking uint8
+    videos, which it CLIP-normalises on their device first. Float videos pass through
+    unchanged. Used when the datasets ship uint8 frames (``normalize=False``)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -29,6 +30,10 @@ class NormalizeOnDevice(nn.Module):
     @property
     def head(self):
         return self.model.head
+
+    @property
+    def two_tower(self) -> bool:
+        return self.model.two_tower
 
     @staticmethod
     def _float(video: torch.Tensor) -> torch.Tensor:
@@ -45,6 +50,15 @@ class NormalizeOnDevice(nn.Module):
 
     def encode_video(self, video, video_mask):
         return self.model.encode_video(self._float(video), video_mask)
+
+    def text_features(self, *args, **kwargs):
+        return self.model.text_features(*args, **kwargs)
+
+    def video_features(self, video, video_mask):
+        return self.model.video_features(self._float(video), video_mask)
+
+    def score(self, *args, **kwargs):
+        return self.model.score(*args, **kwargs)
 
     def forward(self, input_ids, attention_mask, video, video_mask):
         return self.model(input_ids, attention_mask, self._float(video), video_mask)
@@ -95,7 +109,8 @@ def _encode_share(model, dataset, info: DistInfo, tokenizer, max_words, batch_si
         rows = list(range(lo, hi))
     return {"rows": rows, "text_emb": enc.text_emb, "texts": enc.texts,
             "text_vids": [enc.video_ids[i] for i in enc.text_video_index.tolist()],
-            "video_ids": enc.video_ids, "video_emb": enc.video_emb, "frame_weights": enc.frame_weights}
+            "video_ids": enc.video_ids, "video_emb": enc.video_emb, "frame_weights": enc.frame_weights,
+            "video_mask": enc.video_mask}
 
 
 def merge_shares(shares: List[Optional[dict]]) -> EncodedSplit:
@@ -106,7 +121,7 @@ def merge_shares(shares: List[Optional[dict]]) -> EncodedSplit:
         raise ValueError("the evaluation split is empty")
     texts = sorted((row, s["text_emb"][i], s["texts"][i], s["text_vids"][i])
                    for s in shares for i, row in enumerate(s["rows"]))
-    row_of, video_embs, weights = {}, [], []
+    row_of, video_embs, weights, masks = {}, [], [], []
     for s in shares:  # rank order = the single process's video order
         for i, vid in enumerate(s["video_ids"]):
             if vid not in row_of:
@@ -114,10 +129,13 @@ def merge_shares(shares: List[Optional[dict]]) -> EncodedSplit:
                 video_embs.append(s["video_emb"][i])
                 if s["frame_weights"] is not None:
                     weights.append(s["frame_weights"][i])
+                if s.get("video_mask") is not None:  # a cross-encoder's frame masks
+                    masks.append(s["video_mask"][i])
     return EncodedSplit(
         text_emb=torch.stack([t[1] for t in texts]), video_emb=torch.stack(video_embs),
         text_video_index=torch.tensor([row_of[t[3]] for t in texts]), texts=[t[2] for t in texts],
-        video_ids=list(row_of), frame_weights=torch.stack(weights) if weights else None)
+        video_ids=list(row_of), frame_weights=torch.stack(weights) if weights else None,
+        video_mask=torch.stack(masks) if masks else None)
 
 
 def evaluate_distributed(model, dataset, info: DistInfo, tokenizer, max_words: int, batch_size: int,
@@ -125,7 +143,7 @@ def evaluate_distributed(model, dataset, info: DistInfo, tokenizer, max_words: i
                          desc: str = "eval"):
     """``evaluation.evaluate`` over all ranks. -> (metrics on every rank, EncodedSplit on rank 0
     and None on the others). One process: exactly ``evaluate``. Accepts uint8 videos."""
-    model = NormalizeOnDevice(model)
+    model = NormalizeOnDevice(model)  # a cross-encoder's scoring (split_metrics) runs on rank 0
     if not info.enabled:
         return evaluate(model, dataset, tokenizer, max_words, batch_size, device, precision,
                         num_workers, progress, desc)
@@ -135,5 +153,5 @@ def evaluate_distributed(model, dataset, info: DistInfo, tokenizer, max_words: i
     enc = metrics = None
     if info.is_main:
         enc = merge_shares(shares)
-        metrics = split_metrics(enc)
+        metrics = split_metrics(enc, model, precision)
     return broadcast_object(metrics), enc

@@ -51,7 +51,8 @@ class RngState:
 def encode_chunks(model, chunks: List[Batch], autocast: Callable[[], contextlib.AbstractContextManager],
                   device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, List[RngState]]:
     """Step 1. model(input_ids, attention_mask, video, video_mask) -> {'text_emb', 'video_emb'}.
-    Returns text [B, D] and video [B, D] embeddings (float32) and each chunk's random state."""
+    Returns text [B, D] and video [B, D] embeddings (float32; a cross-encoder's video features
+    are frames [B, T, D]) and each chunk's random state."""
     texts, videos, states = [], [], []
     for chunk in chunks:
         states.append(RngState(device))

@@ -6,7 +6,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from ..loss import ClipLoss
+from ..loss import ClipLoss, contrastive_loss
 from ..model import MAX_LOGIT_SCALE
 from .distributed import all_reduce_mean
 from .gradcache import backward_chunks, encode_chunks, split_batch
@@ -43,6 +43,10 @@ class ContrastiveStep:
     DDP's all-reduce identical on every rank) and returns the loss of the GLOBAL batch
     (detached float32 scalar, the same on every rank). ``check(loss)`` runs before any backward,
     so a non-finite loss can stop the run on every rank before gradients are touched.
+
+    A cross-encoder head (tightTransf) scores the batch's pairs itself: its loss is the model's
+    own (one process only). With the gradient cache its step 2 runs the head on the cached text
+    and frame features, so the head's gradients come from there.
     """
 
     def __init__(self, model, loss_fn: Optional[ClipLoss] = None, device: Optional[torch.device] = None,
@@ -53,6 +57,13 @@ class ContrastiveStep:
         self.loss_fn = loss_fn if loss_fn is not None else ClipLoss()
         self.device, self.precision = device or torch.device("cpu"), precision
         self.scaler, self.chunk_size = scaler, chunk_size
+        self.cross = not getattr(self.core, "two_tower", True)
+        if self.cross and self.loss_fn.world_size > 1:
+            # Every rank would have to score its texts against all videos and all texts against
+            # its videos (2x the pairs of one process) through a gather of frame features.
+            raise ValueError(f"model/head={self.core.head.name} (a cross-encoder) trains in one process "
+                             f"only; this run has {self.loss_fn.world_size} processes (torchrun); "
+                             "start it without torchrun")
 
     @property
     def core(self):
@@ -70,7 +81,10 @@ class ContrastiveStep:
             return self._chunked(batch, check)
         with self._autocast():
             out = self.model(batch["input_ids"], batch["attention_mask"], batch["video"], batch["video_mask"])
-        loss = self.loss_fn(out["text_emb"], out["video_emb"], logit_scale(self.core))
+        if self.cross:
+            loss = out["loss"]
+        else:
+            loss = self.loss_fn(out["text_emb"], out["video_emb"], logit_scale(self.core))
         total = all_reduce_mean(loss)
         if check is not None:
             check(total)
@@ -83,16 +97,23 @@ class ContrastiveStep:
         text, video, states = encode_chunks(self.core, chunks, self._autocast, self.device)
         text.requires_grad_(True)
         video.requires_grad_(True)
-        scale = logit_scale(self.core).detach().requires_grad_(True)
-        loss = self.loss_fn(text, video, scale)
+        if self.cross:
+            # The head sees the whole batch here, with grad: its parameters get their gradient
+            # now, the encoders theirs through the cached feature gradients below. (Its dropout
+            # draws other random numbers than in the plain step, which runs it after the encoders.)
+            with self._autocast():
+                logits = self.core.score(text, video, batch["video_mask"])
+            loss = contrastive_loss(logits)
+        else:
+            scale = logit_scale(self.core).detach().requires_grad_(True)
+            loss = self.loss_fn(text, video, scale)
         total = all_reduce_mean(loss)
         if check is not None:
             check(total)
         self._backward(loss)  # -> dLoss/d(embeddings) (and d/dscale), times the fp16 scale
-        scale_grad = scale.grad
         backward_chunks(self.model, chunks, text.grad, video.grad, states, self._autocast,
                         no_sync=getattr(self.model, "no_sync", None),
-                        extra=lambda: (logit_scale(self.core) * scale_grad).sum())
+                        extra=None if self.cross else lambda: (logit_scale(self.core) * scale.grad).sum())
         return total
 
 

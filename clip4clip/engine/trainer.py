@@ -21,6 +21,7 @@ from ..model import MAX_LOGIT_SCALE
 from .checkpoint import FORMAT, atomic_save, atomic_write_text, rng_state, set_rng_state
 from .dist_eval import evaluate_distributed
 from .distributed import DistInfo, all_ranks_true
+from .evaluation import similarity_matrix
 from .step import ContrastiveStep, batch_to_device
 from .tensorboard import Logger, frame_strip, retrieval_grid
 
@@ -225,7 +226,7 @@ class Trainer:
         first_item_of = {}
         for i, vid in enumerate(getattr(dataset, "video_ids", [])):
             first_item_of.setdefault(vid, i)
-        sim = enc.text_emb[: self.vis_queries] @ enc.video_emb.t()
+        sim = similarity_matrix(enc, self.model_core(), self.precision, rows=slice(0, self.vis_queries))
         for q in range(sim.shape[0]):
             top = sim[q].topk(min(5, sim.shape[1])).indices.tolist()
             strips = []

@@ -1,27 +1,34 @@
-"""Temporal aggregation heads: frame features [B, T, D] + mask [B, T] -> video [B, D]."""
+"""Heads on top of CLIP's frame features. Temporal heads pool frames [B, T, D] + mask [B, T]
+into a video embedding [B, D] (two-tower); tightTransf instead scores (text, video) pairs with a
+cross transformer (not two-tower)."""
 import inspect
 from typing import Dict, Type
 
-from .base import TemporalHead, l2_normalize, masked_mean, mean_pool_normalized
+from .base import Head, TemporalHead, l2_normalize, masked_mean, mean_pool_normalized
 from .frameweight import FrameWeight
 from .meanp import MeanPooling
 from .seqlstm import SeqLSTM
 from .seqtransf import SeqTransf
+from .tighttransf import TightTransf
 
-HEADS: Dict[str, Type[TemporalHead]] = {cls.name: cls for cls in (MeanPooling, SeqLSTM, SeqTransf, FrameWeight)}
+HEADS: Dict[str, Type[Head]] = {cls.name: cls for cls in (MeanPooling, SeqLSTM, SeqTransf, FrameWeight,
+                                                           TightTransf)}
+# The two-tower subset: heads that turn a video into one embedding.
+TEMPORAL_HEADS: Dict[str, Type[TemporalHead]] = {n: c for n, c in HEADS.items() if c.two_tower}
 
 
-def build_head(name: str, width: int, **kwargs) -> TemporalHead:
-    """Build a head by its CLIP4Clip name ('meanP', 'seqLSTM', 'seqTransf', 'frameweight')."""
+def build_head(name: str, width: int, **kwargs) -> Head:
+    """Build a head by its CLIP4Clip name ('meanP', 'seqLSTM', 'seqTransf', 'frameweight',
+    'tightTransf')."""
     if name not in HEADS:
-        raise ValueError(f"unknown temporal head '{name}'; expected one of {sorted(HEADS)}")
+        raise ValueError(f"unknown head '{name}'; expected one of {sorted(HEADS)}")
     cls = HEADS[name]
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "width"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise ValueError(f"temporal head '{name}' does not take {unknown}; it accepts {sorted(accepted)}")
+        raise ValueError(f"head '{name}' does not take {unknown}; it accepts {sorted(accepted)}")
     return cls(width=width, **kwargs)
 
 
-__all__ = ["HEADS", "build_head", "TemporalHead", "MeanPooling", "SeqLSTM", "SeqTransf",
-           "FrameWeight", "l2_normalize", "masked_mean", "mean_pool_normalized"]
+__all__ = ["HEADS", "TEMPORAL_HEADS", "build_head", "Head", "TemporalHead", "MeanPooling", "SeqLSTM",
+           "SeqTransf", "FrameWeight", "TightTransf", "l2_normalize", "masked_mean", "mean_pool_normalized"]

@@ -1,4 +1,4 @@
-"""What every temporal head shares: the interface and masked mean pooling."""
+"""What every head shares: the interfaces (any head, temporal heads) and masked mean pooling."""
 from __future__ import annotations
 
 from typing import Dict, Mapping
@@ -25,20 +25,21 @@ def mean_pool_normalized(frames: torch.Tensor, frame_mask: torch.Tensor) -> torc
     return l2_normalize(masked_mean(l2_normalize(frames), frame_mask))
 
 
-class TemporalHead(nn.Module):
-    """Frame features [B, T, D] + frame mask [B, T] -> L2-normalised video embedding [B, D].
+class Head(nn.Module):
+    """What every head shares: its CLIP4Clip name, how it starts from CLIP weights
+    (``init_from_clip``) and how it reads the official CLIP4Clip checkpoint keys
+    (``official_prefixes`` / ``official_kwargs`` / ``convert_official``), so the loaders never
+    branch on the head type.
 
-    Subclasses own their initialisation from CLIP weights (``init_from_clip``) and the
-    conversion of the official CLIP4Clip checkpoint keys (``official_keys`` /
-    ``convert_official``), so the loaders never branch on the head type.
+    ``two_tower`` says how the model scores: True for temporal heads (a video becomes one
+    embedding, scored against texts by a dot product, so videos can be indexed); False for a
+    cross-encoder (``tightTransf``), which scores each (text, video) pair jointly.
     """
 
     name: str = ""
     # Prefixes of the official CLIP4Clip state dict that identify this head.
     official_prefixes: tuple = ()
-
-    def forward(self, frame_features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    two_tower: bool = True
 
     def init_from_clip(self, clip_state_dict: Mapping[str, torch.Tensor]) -> None:
         """Initialise from a CLIP state dict (OpenAI layout). Default: nothing to copy."""
@@ -53,4 +54,11 @@ class TemporalHead(nn.Module):
         return {}
 
 
-__all__ = ["TemporalHead", "l2_normalize", "masked_mean", "mean_pool_normalized"]
+class TemporalHead(Head):
+    """Frame features [B, T, D] + frame mask [B, T] -> L2-normalised video embedding [B, D]."""
+
+    def forward(self, frame_features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+__all__ = ["Head", "TemporalHead", "l2_normalize", "masked_mean", "mean_pool_normalized"]

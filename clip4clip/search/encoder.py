@@ -92,6 +92,11 @@ class Encoder:
     def __init__(self, model: CLIP4Clip, tokenizer, max_words: int, sampling: Sampling,
                  fingerprint: str, description: Dict[str, Any], device: str = "cpu",
                  train_config: Optional[Dict[str, Any]] = None):
+        if not model.two_tower:
+            # An index stores one embedding per video; a cross-encoder only scores (text, video)
+            # pairs, so a query would cost one transformer pass per library video.
+            raise ValueError(f"a {model.head.name} model is a cross-encoder and cannot be indexed for search: "
+                             "use a checkpoint with a two-tower head (meanP, seqLSTM, seqTransf, frameweight)")
         self.train_config = train_config  # the resolved config of our checkpoints, else None
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
