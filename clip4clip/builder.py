@@ -5,6 +5,7 @@ model classes themselves take plain arguments. Accepts dicts or OmegaConf contai
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -81,6 +82,14 @@ def build_model(model_cfg: Mapping, vocab_size: Optional[int] = None,
             # after ln_pre: fine with 400M pairs, too faint for a small model to learn where
             # things are in a few thousand steps.
             torch.nn.init.normal_(clip.visual.positional_embedding, std=float(clip_cfg["vision_pos_init_std"]))
+        if clip_cfg.get("logit_scale_init"):
+            # CLIP starts at 1/0.07 (~14). A from-scratch model whose captions differ in one word
+            # (left/right) needs the sharper softmax to feel those few hard negatives early.
+            value = float(clip_cfg["logit_scale_init"])
+            if not 1.0 <= value <= 100.0:
+                raise ValueError(f"model.clip.logit_scale_init={value}: expected a scale in [1, 100] "
+                                 "(logits are clamped at 100)")
+            clip.logit_scale.data.fill_(math.log(value))
         init_from_clip = False  # nothing learned to copy from a random CLIP
     else:
         raise ValueError("model.clip needs either 'pretrained' (e.g. ViT-B/32 or a file) or 'arch'")

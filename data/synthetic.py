@@ -59,7 +59,7 @@ from .synthetic_render import (
 __all__ = ["GENERATOR_VERSION", "SyntheticConfig", "default_synthetic_root", "ensure_synthetic_dataset"]
 
 #: Bump when rendering or layout changes, so cached datasets are regenerated.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 MARKER = "COMPLETE"
 _SPLIT_CODES = {"train": 0, "validate": 1, "test": 2}
 
@@ -73,9 +73,10 @@ class SyntheticConfig:
     (canonical + paraphrases, 1..9); train_7k_fraction: share of train videos in the 7k CSV;
     minimal_pairs: train clips come in groups of 4 consecutive videos sharing colour, shape and
     background: a clip, its exact time reversal (opposite direction, same frames backwards),
-    and a perpendicular clip with its reversal. Batches that keep such groups together
-    (``trainer.shuffle_block=4``) always hold negatives that differ only in motion direction,
-    which a contrastive loss needs to learn direction at all;
+    and a perpendicular clip with its reversal; and runs of 4 such groups (16 clips) share
+    colour and background with a different shape each. Batches that keep such runs together
+    (``trainer.shuffle_block=16``) always hold negatives that differ only in motion direction
+    or only in shape, which a contrastive model trained from scratch needs to learn those at all;
     scene_cuts: fraction of clips (every split) that open with a static "cutaway" shot (a plain
     background of another colour, no shape) for the first 25-50% of their frames and then cut
     to the captioned scene, already in motion. The cut frame is stored in attributes.json
@@ -186,16 +187,19 @@ def _plan_scene_cuts(cfg: SyntheticConfig, records: list[dict], num_frames: int)
 
 def _plan_minimal_pair_groups(cfg: SyntheticConfig, code: int, count: int, num_frames: int,
                               first_number: int) -> list[dict]:
-    """Train records in groups of 4 (see ``SyntheticConfig.minimal_pairs``); the scenes
-    (colour, shape, background) cycle through every possible one in a shuffled order."""
-    scenes = sorted({c[:3] for c in all_combos()})
+    """Train records in groups of 4 (see ``SyntheticConfig.minimal_pairs``), and the groups in
+    runs of 4 that share colour and background and differ in shape: 16 consecutive clips are one
+    colour on one background, every shape, every direction. The scenes (colour, shape,
+    background) cycle through every possible one in a shuffled order."""
+    pairs = sorted({(c, b) for c, _, b, _ in all_combos()})
     pick_rng = np.random.default_rng([cfg.seed, code, 2_000_000])
     order = []
     while len(order) * 4 < count:
-        order.extend(int(i) for i in pick_rng.permutation(len(scenes)))
+        for k in pick_rng.permutation(len(pairs)):
+            color, background = pairs[int(k)]
+            order.extend((color, SHAPES[int(j)], background) for j in pick_rng.permutation(len(SHAPES)))
     records = []
-    for g, scene_index in enumerate(order):
-        scene = scenes[scene_index]
+    for g, scene in enumerate(order):
         rng = np.random.default_rng([cfg.seed, code, g])
         first = ("left", "right", "up", "down")[int(rng.integers(4))]
         perpendicular = ("up", "down") if first in ("left", "right") else ("left", "right")

@@ -82,6 +82,27 @@ def test_train_covers_every_combo_and_test_is_unique():
         SyntheticConfig(num_test=721).validate()
 
 
+
+def test_train_clips_come_in_minimal_pair_runs():
+    """4 consecutive clips: one scene in all 4 directions (two exact reversal pairs); 16
+    consecutive clips: one colour on one background, each shape once per group of 4."""
+    from data.synthetic_render import OPPOSITE
+    train = [r["spec"] for r in _plan(SyntheticConfig(num_train=160, num_val=10, num_test=10)) if r["split"] == "train"]
+    for run in range(0, 160, 16):
+        block = train[run:run + 16]
+        assert len({(s.color, s.background) for s in block}) == 1
+        shapes = []
+        for g in range(0, 16, 4):
+            group = block[g:g + 4]
+            assert len({(s.color, s.shape, s.background) for s in group}) == 1
+            assert sorted(s.direction for s in group) == sorted(DIRECTIONS)
+            for a, b in (group[:2], group[2:]):
+                assert b.direction == OPPOSITE[a.direction] and b.start == a.end and b.end == a.start
+            shapes.append(group[0].shape)
+        assert sorted(shapes) == sorted(SHAPES)
+    # Runs differ from each other: the (colour, background) order is shuffled, not fixed.
+    assert len({(s.color, s.background) for s in train[::16]}) > 1
+
 # ---- layout ------------------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ import torch
 
 from clip4clip.clip import CLIP, CLIPConfig
 from clip4clip.engine.checkpoint import atomic_save, resolve_resume_path
-from clip4clip.engine.optim import build_scheduler, param_groups, pretrained_names
+from clip4clip.engine.optim import build_optimizer, build_scheduler, param_groups, pretrained_names, text_tower_names
 from clip4clip.engine.sampler import EpochSampler
 from clip4clip.model import CLIP4Clip
 
@@ -97,6 +97,40 @@ def test_injected_adapters_are_new_modules_not_clip_weights():
     groups = param_groups(model, lr=3e-4, coef_lr=1e-3, weight_decay=0.05)
     assert {g["name"] for g in groups} <= {"new", "new_no_decay"}  # frozen CLIP is left out
 
+
+def test_held_text_tower_stays_fixed_then_joins_the_schedule():
+    model = _model("seqTransf")
+    text = text_tower_names(model)
+    assert "clip.token_embedding.weight" in text and "clip.ln_final.weight" in text
+    assert not any(n.startswith(("clip.visual.", "head.")) for n in text) and "clip.logit_scale" not in text
+    opt = build_optimizer(model, lr=1e-2, coef_lr=1.0, weight_decay=0.1, pretrained=set(), hold_text_steps=3)
+    held = {id(p) for g in opt.param_groups if g.get("hold_steps") for p in g["params"]}
+    assert held == {id(p) for n, p in model.named_parameters() if n in text}
+    sched = build_scheduler(opt, total_steps=10, warmup_proportion=0.2)
+    plain = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    plain_sched = build_scheduler(plain, total_steps=10, warmup_proportion=0.2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.randint(1, 20, (4, 8))
+    video = torch.randn(4, 3, 3, 16, 16)
+    for step in range(5):
+        factor = plain.param_groups[0]["lr"]
+        for g in opt.param_groups:
+            expected = 0.0 if g.get("hold_steps") and step < 3 else 1e-2 * factor
+            assert g["lr"] == pytest.approx(expected), (step, g["name"])
+        if step == 3:  # still held for the first 3 steps: text unchanged, image tower moved
+            for n, p in model.named_parameters():
+                moved = not torch.equal(p, before[n])
+                if n in text:
+                    assert not moved, n
+            assert not torch.equal(model.clip.visual.conv1.weight, before["clip.visual.conv1.weight"])
+        loss = model(ids, torch.ones_like(ids), video, torch.ones(4, 3, dtype=torch.long))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        plain.step()
+        plain_sched.step()
+    assert not torch.equal(model.clip.token_embedding.weight, before["clip.token_embedding.weight"])
 
 def test_warmup_then_cosine_schedule():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

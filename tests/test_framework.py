@@ -200,6 +200,24 @@ def test_missing_dataset_and_unwritable_output_fail_before_work(tmp_path):
     cfg = compose_cfg("train", ["model=tiny", f"paths.output_dir={tmp_path}", "trainer.epochs=0"])
     with pytest.raises(ValueError, match="trainer.epochs"):
         run_training(cfg)
+    cfg = compose_cfg("train", ["model=tiny", f"paths.output_dir={tmp_path}", "optim.hold_text_steps=-5"])
+    with pytest.raises(ValueError, match="optim.hold_text_steps"):
+        run_training(cfg)
+
+
+def test_random_init_options_set_position_table_and_logit_scale():
+    cfg = OmegaConf.to_container(compose_cfg("train", ["+experiment=demo"]).model, resolve=True)
+    cfg["clip"].update(vision_pos_init_std=1.0, logit_scale_init=50)
+    model = build_model(cfg, vocab_size=30)
+    assert model.logit_scale.exp().item() == pytest.approx(50, rel=1e-5)
+    assert 0.9 < model.clip.visual.positional_embedding.std().item() < 1.1
+    cfg["clip"].update(vision_pos_init_std=None, logit_scale_init=None)
+    model = build_model(cfg, vocab_size=30)
+    assert model.logit_scale.exp().item() == pytest.approx(1 / 0.07, rel=1e-4)
+    assert model.clip.visual.positional_embedding.std().item() < 0.2
+    cfg["clip"]["logit_scale_init"] = 1000
+    with pytest.raises(ValueError, match="logit_scale_init"):
+        build_model(cfg, vocab_size=30)
 
 
 def test_evaluate_official_checkpoint_and_zero_shot_clip(tmp_path, synth_root, reference_dir, bpe_vocab_path):

@@ -29,27 +29,42 @@ def pretrained_names(model: nn.Module) -> Set[str]:
     return {n for n, _ in model.named_parameters() if n.startswith("clip.") and n not in new}
 
 
+def text_tower_names(model: nn.Module) -> Set[str]:
+    """Names of the text tower's parameters: everything under ``clip.`` except the image tower
+    (``clip.visual.``) and the shared ``logit_scale``."""
+    return {n for n, _ in model.named_parameters()
+            if n.startswith("clip.") and not n.startswith("clip.visual.") and n != "clip.logit_scale"}
+
+
 def param_groups(model: nn.Module, lr: float, coef_lr: float, weight_decay: float,
-                 pretrained: Optional[Set[str]] = None) -> List[dict]:
+                 pretrained: Optional[Set[str]] = None, hold_text_steps: int = 0) -> List[dict]:
     """Four groups: {pretrained, new} x {decay, no decay}. Pretrained (CLIP) weights get
     ``lr * coef_lr`` (CLIP4Clip's 1e-7 vs 1e-4), new modules (heads, adapters) ``lr``. Frozen
-    parameters are left out. Each group carries a ``name`` for logging."""
+    parameters are left out. Each group carries a ``name`` for logging.
+
+    ``hold_text_steps`` > 0 puts the text tower in groups of its own (``*_text``) that carry
+    ``hold_steps``: ``build_scheduler`` keeps their learning rate at 0 for that many steps."""
     pretrained = pretrained_names(model) if pretrained is None else pretrained
+    text = text_tower_names(model) if hold_text_steps > 0 else set()
     buckets = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         is_pretrained = name in pretrained
-        key = ("clip" if is_pretrained else "new") + ("_no_decay" if _no_decay(name, p) else "")
+        key = ("clip" if is_pretrained else "new") + ("_text" if name in text else "")
+        key += "_no_decay" if _no_decay(name, p) else ""
         buckets.setdefault(key, []).append(p)
     groups = []
-    for key in ("clip", "clip_no_decay", "new", "new_no_decay"):
+    for key in ("clip", "clip_no_decay", "clip_text", "clip_text_no_decay", "new", "new_no_decay",
+                "new_text", "new_text_no_decay"):
         if key in buckets:
             groups.append({
                 "name": key, "params": buckets[key],
                 "lr": lr * (coef_lr if key.startswith("clip") else 1.0),
                 "weight_decay": 0.0 if key.endswith("no_decay") else weight_decay,
             })
+            if "_text" in key:
+                groups[-1]["hold_steps"] = int(hold_text_steps)
     if not groups:
         raise ValueError("the model has no trainable parameters: check the freezing settings")
     return groups
@@ -57,9 +72,9 @@ def param_groups(model: nn.Module, lr: float, coef_lr: float, weight_decay: floa
 
 def build_optimizer(model: nn.Module, lr: float, coef_lr: float = 1.0, weight_decay: float = 0.2,
                     betas=(0.9, 0.98), eps: float = 1e-6, fused: bool = False,
-                    pretrained: Optional[Set[str]] = None) -> torch.optim.AdamW:
+                    pretrained: Optional[Set[str]] = None, hold_text_steps: int = 0) -> torch.optim.AdamW:
     """AdamW over ``param_groups``; ``fused`` uses the single-kernel CUDA implementation."""
-    groups = param_groups(model, lr, coef_lr, weight_decay, pretrained)
+    groups = param_groups(model, lr, coef_lr, weight_decay, pretrained, hold_text_steps)
     kwargs = {"fused": True} if fused else {}
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **kwargs)
 
@@ -78,7 +93,20 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.0):
     return fn
 
 
+def held(fn, hold_steps: int):
+    """``fn`` with the multiplier forced to 0 for the first ``hold_steps`` steps."""
+    def wrapped(step: int) -> float:
+        return 0.0 if step < hold_steps else fn(step)
+    return wrapped
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_proportion: float = 0.1,
                     min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup-cosine for every group; groups with ``hold_steps`` (the held text tower) stay at 0
+    until then and rejoin the common schedule where it is at that step (no second warmup)."""
     warmup = int(round(total_steps * warmup_proportion))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup, min_ratio))
+    fn = warmup_cosine(total_steps, warmup, min_ratio)
+    holds = [int(g.get("hold_steps", 0)) for g in optimizer.param_groups]
+    if not any(holds):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [held(fn, h) if h else fn for h in holds])

@@ -106,6 +106,9 @@ def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     tr = config["trainer"]
     _positive(config, "trainer", "epochs", "batch_size", "eval_batch_size")
     _positive(config, "optim", "lr")
+    hold = config["optim"].get("hold_text_steps", 0)
+    if hold is not None and (not isinstance(hold, int) or isinstance(hold, bool) or hold < 0):
+        raise ValueError(f"optim.hold_text_steps={hold!r}; expected a whole number of steps >= 0")
     device = resolve_device(tr["device"])
     info, device = init_distributed(device, tr.get("dist_backend", "auto"))
     try:
@@ -167,7 +170,8 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
     optimizer = build_optimizer(model, lr=float(opt["lr"]), coef_lr=float(opt["coef_lr"]),
                                 pretrained=pretrained_names(model),
                                 weight_decay=float(opt["weight_decay"]), betas=opt["betas"],
-                                eps=float(opt["eps"]), fused=device.type == "cuda")
+                                eps=float(opt["eps"]), fused=device.type == "cuda",
+                                hold_text_steps=int(opt.get("hold_text_steps", 0) or 0))
     total_steps = int(tr["epochs"]) * len(train_loader)
     scheduler = build_scheduler(optimizer, total_steps, float(opt["warmup_proportion"]),
                                 float(opt.get("min_lr_ratio", 0.0)))
