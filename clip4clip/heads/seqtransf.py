@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..clip.layers import Transformer, default_heads, init_transformer_, key_padding_mask
-from .base import TemporalHead, mean_pool_normalized
+from .base import TemporalHead, mean_pool_normalized, official_block
 
 
 class SeqTransf(TemporalHead):
@@ -25,7 +25,8 @@ class SeqTransf(TemporalHead):
         super().__init__()
         self.num_positions = num_positions
         self.frame_position_embeddings = nn.Embedding(num_positions, width)
-        self.transformer = Transformer(width, num_blocks, heads or default_heads(width))
+        # module_cross's blocks: CLIP's, with the head LayerNorm at eps 1e-12 as upstream.
+        self.transformer = Transformer(width, num_blocks, heads or default_heads(width), block_fn=official_block)
         init_transformer_(self.transformer)
         # nn.Embedding keeps its N(0, 1) init, as in CLIP4Clip before the copy from CLIP: a
         # position signal as large as the (layer-normed) features, so order is learnable at once.

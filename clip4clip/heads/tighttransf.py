@@ -31,23 +31,15 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import nn
 
-from ..clip.layers import (LayerNorm, QuickGELU, ResidualAttentionBlock, Transformer, default_heads,
-                           key_padding_mask)
-from .base import Head
+from ..clip.layers import QuickGELU, Transformer, default_heads, key_padding_mask
+from .base import Head, official_block, official_layer_norm
 
 # modules/cross-base/cross_config.json. The head count is not stored in the weights, so an
 # official checkpoint is always read with the 8 heads it was trained with.
 OFFICIAL_HEADS = 8
 INIT_STD = 0.02          # initializer_range
-LN_EPS = 1e-12           # until_module.LayerNorm, used by every LayerNorm of the cross model
-
-
-def _cross_layer_norm(width: int) -> LayerNorm:
-    return LayerNorm(width, eps=LN_EPS)
-
-
-def _cross_block(width: int, heads: int) -> ResidualAttentionBlock:
-    return ResidualAttentionBlock(width, heads, norm_layer=_cross_layer_norm)
+_cross_layer_norm = official_layer_norm
+_cross_block = official_block
 
 
 class CrossEmbeddings(nn.Module):
