@@ -275,6 +275,16 @@ def test_adapter_run_prints_exact_parameter_count_and_saves_small_checkpoints(tm
     assert trainable == 1 * (2 * 32 * 8 + 8 + 32) + 4 * 32
     assert f"(exactly {trainable} of " in capsys.readouterr().out
     ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
+    # A random-init base cannot be rebuilt from the config: the whole model is saved.
+    assert ckpt["weights"] == "full"
+    # Adapters on a base evaluate.py can rebuild (model.init_checkpoint) save only themselves.
+    base = tmp_path / "base"
+    run_training(compose_cfg("train", tiny_train_overrides(base, synth_root, ["model/head=meanP", "trainer.epochs=1",
+                                                                              "trainer.tensorboard=false"])))
+    out = tmp_path / "aim2"
+    extra = extra + [f"model.init_checkpoint={base / 'checkpoints' / 'best.pt'}"]
+    metrics, objs = run_training(compose_cfg("train", tiny_train_overrides(out, synth_root, extra)))
+    ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
     assert ckpt["weights"] == "trainable" and len(ckpt["model"]) < 10
     # evaluate.py rebuilds the base from the config and loads the adapter weights onto it
     ev = compose_cfg("evaluate", [f"checkpoint={out / 'checkpoints' / 'best.pt'}", f"paths.output_dir={tmp_path / 'ev'}",

@@ -94,6 +94,14 @@ def resolve_normalize_on_device(value, device: torch.device) -> bool:
     raise ValueError(f"trainer.normalize_on_device={value!r}; expected auto, true or false")
 
 
+def _base_recoverable(model_cfg: Mapping) -> bool:
+    """Can evaluation rebuild the frozen base from the config alone? Yes for a released CLIP or
+    ``model.init_checkpoint``; no for a randomly initialised CLIP, so such adapter runs save
+    every weight (an adapter-only file would be reloaded onto a different random base)."""
+    clip = model_cfg.get("clip") or {}
+    return bool(clip.get("pretrained") or model_cfg.get("init_checkpoint"))
+
+
 def per_rank_batch(batch_size: int, info: DistInfo) -> int:
     if batch_size % info.world_size:
         raise ValueError(f"trainer.batch_size={batch_size} is the global batch and must divide evenly "
@@ -196,7 +204,7 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
     logger.text("run/parameters", f"total {summary['total']}, trainable {summary['trainable']} "
                 f"({summary['percent']:.2f}%)", 0)
     extra = {"model_args": args, "tokenizer": tokenizer_state(tokenizer),
-             "weights": "trainable" if acfg.get("save_trainable_only") else "full"}
+             "weights": "trainable" if acfg.get("save_trainable_only") and _base_recoverable(mcfg) else "full"}
     trainer = Trainer(train_model, optimizer, scheduler, scaler, train_loader, sampler, device, precision,
                       epochs=int(tr["epochs"]), out_dir=out, config=config, extra_state=extra,
                       val_dataset=val_ds, eval_options=eval_options, grad_clip=float(opt.get("grad_clip") or 0.0),
