@@ -56,6 +56,13 @@ _CAPTION_MODES = ("random", "all")
 _CACHE_USE = {"auto": "auto", True: "require", "require": "require", "true": "require", False: "off", "off": "off", "false": "off"}
 
 
+def _listing(lines: list[str]) -> tuple[str, str]:
+    """The first ``_SHOW_MISSING`` lines indented, and an "... and N more" tail (or "")."""
+    shown = "\n".join(f"  {m}" for m in lines[:_SHOW_MISSING])
+    more = f"\n  ... and {len(lines) - _SHOW_MISSING} more" if len(lines) > _SHOW_MISSING else ""
+    return shown, more
+
+
 class MissingDataError(FileNotFoundError):
     """Files a dataset needs are missing; ``missing`` lists every one of them."""
 
@@ -256,8 +263,7 @@ class VideoTextDataset(Dataset):
     # ------------------------------------------------------------------------------------------
 
     def _missing_error(self, missing: list[str]) -> MissingDataError:
-        shown = "\n".join(f"  {m}" for m in missing[:_SHOW_MISSING])
-        more = f"\n  ... and {len(missing) - _SHOW_MISSING} more" if len(missing) > _SHOW_MISSING else ""
+        shown, more = _listing(missing)
         return MissingDataError(
             f"{self.dataset_name} data for split {self.split!r} is incomplete: {len(missing)} missing path(s):\n"
             f"{shown}{more}\nExpected layout under {self.root}:\n{self._layout()}\n"
@@ -267,8 +273,7 @@ class VideoTextDataset(Dataset):
 
     def _unreadable_error(self, unreadable: dict[str, str]) -> UnreadableVideosError:
         lines = [unreadable[v] for v in unreadable]
-        shown = "\n".join(f"  {m}" for m in lines[:_SHOW_MISSING])
-        more = f"\n  ... and {len(lines) - _SHOW_MISSING} more" if len(lines) > _SHOW_MISSING else ""
+        shown, more = _listing(lines)
         return UnreadableVideosError(
             f"{self.dataset_name} split {self.split!r}: {len(lines)} of {self.num_videos} video(s) cannot be read, "
             f"so metrics over this split would be wrong:\n{shown}{more}\n"

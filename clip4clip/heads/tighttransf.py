@@ -38,8 +38,6 @@ from .base import Head, official_block, official_layer_norm
 # official checkpoint is always read with the 8 heads it was trained with.
 OFFICIAL_HEADS = 8
 INIT_STD = 0.02          # initializer_range
-_cross_layer_norm = official_layer_norm
-_cross_block = official_block
 
 
 class CrossEmbeddings(nn.Module):
@@ -61,7 +59,7 @@ class CrossPooler(nn.Module):
 
     def __init__(self, width: int):
         super().__init__()
-        self.ln_pool = _cross_layer_norm(width)
+        self.ln_pool = official_layer_norm(width)
         self.dense = nn.Linear(width, width)
         self.activation = QuickGELU()
 
@@ -77,7 +75,7 @@ class CrossEncoder(nn.Module):
     def __init__(self, width: int, num_layers: int, heads: int, num_positions: int, dropout: float):
         super().__init__()
         self.embeddings = CrossEmbeddings(num_positions, width, dropout)
-        self.transformer = Transformer(width, num_layers, heads, block_fn=_cross_block)
+        self.transformer = Transformer(width, num_layers, heads, block_fn=official_block)
         self.pooler = CrossPooler(width)
 
     def forward(self, sequence: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
