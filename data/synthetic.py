@@ -59,7 +59,7 @@ from .synthetic_render import (
 __all__ = ["GENERATOR_VERSION", "SyntheticConfig", "default_synthetic_root", "ensure_synthetic_dataset"]
 
 #: Bump when rendering or layout changes, so cached datasets are regenerated.
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 MARKER = "COMPLETE"
 _SPLIT_CODES = {"train": 0, "validate": 1, "test": 2}
 

@@ -178,7 +178,7 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
     optimizer = build_optimizer(model, lr=float(opt["lr"]), coef_lr=float(opt["coef_lr"]),
                                 pretrained=pretrained_names(model),
                                 weight_decay=float(opt["weight_decay"]), betas=opt["betas"],
-                                eps=float(opt["eps"]), fused=device.type == "cuda",
+                                eps=float(opt["eps"]), fused=device.type in ("cuda", "cpu"),
                                 hold_text_steps=int(opt.get("hold_text_steps", 0) or 0))
     total_steps = int(tr["epochs"]) * len(train_loader)
     scheduler = build_scheduler(optimizer, total_steps, float(opt["warmup_proportion"]),
