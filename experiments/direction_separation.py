@@ -4,7 +4,9 @@ For every test clip of the synthetic dataset, compare the model's similarity bet
 and its own caption with the similarity to the same caption with the direction replaced by
 the opposite one ("moves left" -> "moves right"): accuracy = share of clips whose own caption
 wins. A frame-order-blind model (meanP) scores about 50%; also reports the perpendicular
-direction (which even meanP can tell from the trajectory's axis) and the test metrics.
+direction (which even meanP can tell from the trajectory's axis), the test metrics, and for
+each attribute the share of test captions whose top-1 clip gets it wrong (where R@1 errors
+come from).
 
     python experiments/direction_separation.py RUN_DIR [RUN_DIR ...] [--out experiments/results/x.json]
 """
@@ -27,6 +29,15 @@ from clip4clip.engine.evaluation import evaluate  # noqa: E402
 from data.synthetic_render import OPPOSITE, canonical_caption  # noqa: E402
 
 PERPENDICULAR = {"left": "up", "right": "down", "up": "right", "down": "left"}
+ATTRIBUTES = ("color", "shape", "background", "direction")
+
+
+def top1_wrong(enc, attrs: dict) -> dict:
+    """Per attribute, % of captions whose best-scoring clip differs from their own clip in it."""
+    top = (enc.text_emb @ enc.video_emb.t()).argmax(1).tolist()
+    own = [enc.video_ids[i] for i in enc.text_video_index.tolist()]
+    got = [enc.video_ids[i] for i in top]
+    return {k: 100.0 * sum(attrs[o][k] != attrs[g][k] for o, g in zip(own, got)) / len(own) for k in ATTRIBUTES}
 
 
 @torch.no_grad()
@@ -55,6 +66,7 @@ def separation(run_dir: Path) -> dict:
         s_own = (t_own * enc.video_emb).sum(-1)
         s_other = (t_other * enc.video_emb).sum(-1)
         result[f"{name}_accuracy"] = float((s_own > s_other).float().mean() * 100)
+    result["top1_wrong"] = top1_wrong(enc, attrs)
     return result
 
 
@@ -64,10 +76,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     rows = [separation(r) for r in args.runs]
-    print(f"{'run':40s} {'head':12s} {'adapter':14s} {'t2v R@1':>8s} {'opposite %':>11s} {'perpend. %':>11s}")
+    print(f"{'run':32s} {'head':12s} {'adapter':14s} {'t2v R@1':>8s} {'opposite %':>11s} {'perpend. %':>11s}  "
+          "top-1 wrong %: " + " ".join(ATTRIBUTES))
     for r in rows:
-        print(f"{Path(r['run']).name:40s} {r['head']:12s} {r['adapter']:14s} {r['test']['t2v']['R1']:8.1f} "
-              f"{r['opposite_accuracy']:11.1f} {r['perpendicular_accuracy']:11.1f}")
+        wrong = " ".join(f"{r['top1_wrong'][k]:.1f}" for k in ATTRIBUTES)
+        print(f"{Path(r['run']).name:32s} {r['head']:12s} {r['adapter']:14s} {r['test']['t2v']['R1']:8.1f} "
+              f"{r['opposite_accuracy']:11.1f} {r['perpendicular_accuracy']:11.1f}  {wrong}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
