@@ -62,12 +62,17 @@ def build_model(model_cfg: Mapping, vocab_size: Optional[int] = None,
     ``head`` ({name, **kwargs}), ``init_head_from_clip``, ``grad_checkpointing``; then the
     ``adapter`` config (AIM / LoRA injection and freezing) if given.
 
-    ``init_state``: a full CLIP4Clip state dict to start from (``model.init_checkpoint``,
-    e.g. a finished run that adapters are now added to); loaded before injection."""
+    ``init_state``: what ``init_state(model_cfg)`` returns for ``model.init_checkpoint`` (e.g. a
+    finished run that adapters are now added to): ``{"model": full CLIP4Clip state dict,
+    "clip": its CLIPConfig dict or None}``; loaded before injection."""
     cfg = _plain(model_cfg)
     clip_cfg = cfg.get("clip") or {}
     if init_state is not None:
-        clip = CLIP(CLIPConfig.from_state_dict({k[5:]: v for k, v in init_state.items() if k.startswith("clip.")}))
+        # The checkpoint's own config: head counts cannot be read off the weights, and guessing
+        # OpenAI's width/64 would silently re-split a small model's attention (4 heads -> 1).
+        saved = init_state.get("clip")
+        clip = CLIP(CLIPConfig.from_dict(dict(saved)) if saved else CLIPConfig.from_state_dict(
+            {k[5:]: v for k, v in init_state["model"].items() if k.startswith("clip.")}))
         init_from_clip = False
     elif clip_cfg.get("pretrained"):
         clip = load_clip(clip_cfg["pretrained"], cache_dir=clip_cfg.get("cache_dir"))
@@ -96,7 +101,7 @@ def build_model(model_cfg: Mapping, vocab_size: Optional[int] = None,
     name, kwargs = head_kwargs(cfg)
     model = CLIP4Clip.from_clip(clip, name, init_head_from_clip=init_from_clip, **kwargs)
     if init_state is not None:
-        _load_init_state(model, init_state)
+        _load_init_state(model, init_state["model"])
     apply_adapters(model, adapter_cfg)
     model.clip.set_grad_checkpointing(bool(cfg.get("grad_checkpointing", False)))
     return model
@@ -161,7 +166,8 @@ def model_from_args(args: Mapping, state_dict: Optional[Mapping] = None) -> CLIP
 
 
 def init_state(model_cfg: Mapping) -> Optional[dict]:
-    """The full state dict named by ``model.init_checkpoint`` (one of our checkpoints), if any."""
+    """``{"model": full state dict, "clip": CLIPConfig dict}`` of ``model.init_checkpoint`` (one
+    of our checkpoints), if any."""
     path = _plain(model_cfg).get("init_checkpoint")
     if not path:
         return None
@@ -169,7 +175,7 @@ def init_state(model_cfg: Mapping) -> Optional[dict]:
     ckpt = load_checkpoint(path)
     if ckpt.get("weights") == "trainable":
         raise ValueError(f"model.init_checkpoint={path} holds only adapter weights; start from a full checkpoint")
-    return ckpt["model"]
+    return {"model": ckpt["model"], "clip": (ckpt.get("model_args") or {}).get("clip")}
 
 
 def init_tokenizer_state(model_cfg: Mapping) -> Optional[dict]:

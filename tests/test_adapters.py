@@ -329,3 +329,27 @@ def test_load_trainable_state_dict_rejects_foreign_checkpoints():
         load_trainable_state_dict(model, {**sd, key: torch.zeros(7, 64)})
     with pytest.raises(ValueError, match="missing"):
         load_trainable_state_dict(_prepared(), build().state_dict())  # plain CLIP4Clip, no adapters
+
+
+def test_init_checkpoint_keeps_the_saved_head_count_so_adapters_start_from_the_same_model(tmp_path):
+    """A from-scratch model with 4 heads at width 64 (OpenAI's rule would say 1): the model
+    rebuilt from ``model.init_checkpoint`` with zero-initialised AIM adapters must compute
+    exactly what the checkpointed model computes."""
+    from clip4clip.builder import build_model, init_state, model_args
+    from clip4clip.engine.checkpoint import FORMAT, atomic_save
+    arch = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_heads=4,
+                vision_patch_size=8, context_length=16, vocab_size=50, transformer_width=64,
+                transformer_heads=4, transformer_layers=1)
+    mcfg = {"clip": {"arch": arch}, "head": {"name": "meanP"}}
+    torch.manual_seed(0)
+    base = build_model(mcfg).eval()
+    path = atomic_save({"format": FORMAT, "model": base.state_dict(), "model_args": model_args(base, mcfg),
+                        "weights": "full"}, tmp_path / "base.pt")
+    aim = {"name": "aim", "aim": {"num_frames": T, "temporal": True, "spatial": True, "joint": True}}
+    staged = build_model({**mcfg, "init_checkpoint": str(path)}, adapter_cfg=aim,
+                         init_state=init_state({**mcfg, "init_checkpoint": str(path)})).eval()
+    assert staged.clip.config.vision_heads == 4
+    video, mask, _ = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(staged.encode_video(video, mask), base.encode_video(video, mask),
+                                   rtol=0, atol=1e-6)
