@@ -6,6 +6,8 @@ from typing import Dict, Mapping
 import torch
 from torch import nn
 
+from ..clip.layers import LayerNorm, ResidualAttentionBlock
+
 
 def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """x / ||x|| as CLIP4Clip computes it (no epsilon: a zero vector is a bug upstream)."""
@@ -61,20 +63,19 @@ class TemporalHead(Head):
         raise NotImplementedError
 
 
-__all__ = ["Head", "TemporalHead", "l2_normalize", "masked_mean", "mean_pool_normalized"]
-
-
 #: CLIP4Clip's head transformers (module_cross: seqTransf's TransformerClip and tightTransf's
 #: cross model) use until_module's BERT-style LayerNorm, eps 1e-12, not CLIP's 1e-5.
 OFFICIAL_LN_EPS = 1e-12
 
 
 def official_layer_norm(width: int) -> nn.Module:
-    from ..clip.layers import LayerNorm
     return LayerNorm(width, eps=OFFICIAL_LN_EPS)
 
 
 def official_block(width: int, heads: int) -> nn.Module:
     """A CLIP residual attention block with CLIP4Clip's head LayerNorm (eps 1e-12)."""
-    from ..clip.layers import ResidualAttentionBlock
     return ResidualAttentionBlock(width, heads, norm_layer=official_layer_norm)
+
+
+__all__ = ["Head", "OFFICIAL_LN_EPS", "TemporalHead", "l2_normalize", "masked_mean", "mean_pool_normalized",
+           "official_block", "official_layer_norm"]
