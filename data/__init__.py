@@ -7,6 +7,7 @@ from .frame_store import FrameStore, default_cache_dir
 from .keyframes import SCHEMES, KeyframeParams, Keyframes, select_keyframes
 from .msrvtt import MSRVTTDataset
 from .msvd import MSVDDataset
+from .safe_pickle import UnsafePickleError, load_plain_pickle
 from .synthetic import SyntheticConfig, default_synthetic_root, ensure_synthetic_dataset
 from .transforms import (
     CLIP_MEAN,
@@ -45,6 +46,7 @@ __all__ = [
     "SplitVideos",
     "SyntheticConfig",
     "UnreadableVideosError",
+    "UnsafePickleError",
     "VideoInfo",
     "VideoMetadataWarning",
     "VideoReadError",
@@ -58,6 +60,7 @@ __all__ = [
     "default_cache_dir",
     "default_synthetic_root",
     "ensure_synthetic_dataset",
+    "load_plain_pickle",
     "normalize_uint8",
     "normalize_uint8_numpy",
     "probe_video",

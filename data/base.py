@@ -22,6 +22,7 @@ Missing and unreadable videos are never turned into zero-filled samples:
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,8 @@ __all__ = [
     "UnreadableVideosError",
     "VideoTextDataset",
     "find_video_files",
+    "load_json_file",
+    "read_text_file",
 ]
 
 _SHOW_MISSING = 20
@@ -119,6 +122,44 @@ def find_video_files(video_dir: Path, video_ids, extensions: tuple[str, ...]) ->
         else:
             found[v] = video_dir / (v + ext)
     return found, missing
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading annotation files: one-line errors that name the file and say what is wrong
+# ----------------------------------------------------------------------------------------------
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """The UTF-8 text of ``path`` (a leading byte-order mark is dropped). Raises ValueError
+    ``<path>: not UTF-8 text (byte 0xff at offset N, line L)`` for other encodings."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        start = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, start) + 1
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte 0x{data[start]:02x} at offset {start}, line {line}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def load_json_file(path: str | os.PathLike):
+    """The JSON value in ``path``. Raises ValueError ``<path>: not valid JSON (line L, column C:
+    <reason>)`` (saying when the file looks truncated) or ``<path>: not UTF-8 text (...)``."""
+    text = read_text_file(path)
+    if not text.strip():
+        raise ValueError(f"{path}: empty file; expected JSON")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        # An unterminated string runs to the end of the file; other errors at the very end mean
+        # the file stops in the middle of a value.
+        truncated = e.msg.startswith("Unterminated string") or e.pos >= len(text.rstrip())
+        hint = "; the file ends early: truncated? Download or write it again" if truncated else ""
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}){hint}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 class VideoTextDataset(Dataset):

@@ -16,12 +16,13 @@ caches, the evaluation interface and missing/broken videos: ``data.base``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections import defaultdict
 from pathlib import Path
 
-from .base import MissingDataError, SplitIndex, VideoTextDataset, find_video_files
+from .base import MissingDataError, SplitIndex, VideoTextDataset, find_video_files, load_json_file, read_text_file
 
 __all__ = ["MSRVTTDataset", "MissingDataError", "VIDEO_EXTENSIONS"]
 
@@ -29,25 +30,99 @@ __all__ = ["MSRVTTDataset", "MissingDataError", "VIDEO_EXTENSIONS"]
 VIDEO_EXTENSIONS = (".mp4", ".webm")
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        absent = [c for c in columns if c not in (reader.fieldnames or [])]
+_SENTENCE = '{"video_id": str, "caption": str}'
+
+
+def _read_csv(path: Path, columns: tuple[str, ...], *, rows_are: str, nonempty: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """The rows of a split CSV, as dicts of ``columns``. Raises ValueError, one line naming the
+    file (and line), for: not UTF-8, no header, a missing column, a row with fewer or more fields
+    than the header, an empty ``nonempty`` field, malformed CSV, and no rows at all (``rows_are``
+    says what each row is, for that message)."""
+    text = read_text_file(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = reader.fieldnames
+        if not header:
+            raise ValueError(f"{path}: empty file; expected a header line with columns {list(columns)}, then {rows_are}")
+        absent = [c for c in columns if c not in header]
         if absent:
-            raise ValueError(f"{path}: missing column(s) {absent}; expected columns {list(columns)}, found {reader.fieldnames}")
-        return [{c: row[c] for c in columns} for row in reader]
+            raise ValueError(f"{path}: missing column(s) {absent}; expected columns {list(columns)}, found {header}")
+        rows = []
+        for row in reader:
+            where = f"{path}: line {reader.line_num}"
+            if None in row:  # more fields than the header (an unquoted comma?)
+                raise ValueError(
+                    f"{where}: {len(header) + len(row[None])} fields, the header has {len(header)} "
+                    f"({','.join(header)}); quote fields that contain commas"
+                )
+            short = [c for c in header if row[c] is None]
+            if short:
+                raise ValueError(
+                    f"{where}: {len(header) - len(short)} field(s), the header has {len(header)} "
+                    f"({','.join(header)}); no value for {short}"
+                )
+            empty = [c for c in nonempty if not row[c].strip()]
+            if empty:
+                raise ValueError(f"{where}: empty {', '.join(repr(c) for c in empty)}; expected {rows_are}")
+            rows.append({c: row[c] for c in columns})
+    except csv.Error as e:
+        raise ValueError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
+    if not rows:
+        raise ValueError(f"{path}: no rows (header only); expected {rows_are}")
+    return rows
+
+
+def _video_id(value, where: str) -> str:
+    # MSR-VTT ids are strings ("video123"); an integer id is taken as its decimal string (what
+    # the CSVs hold); anything else is refused rather than guessed at.
+    if isinstance(value, str):
+        if value.strip():
+            return value
+        shown = "empty"
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    else:
+        shown = f"a JSON {_json_type(value)}" + ("" if value is None else f" {json.dumps(value)[:60]}")
+    raise ValueError(f"{where}: 'video_id' is {shown}; expected {_SENTENCE}")
 
 
 def _load_captions(path: Path) -> dict[str, list[str]]:
-    """video_id -> captions, in file order, from MSRVTT_data.json's ``sentences``."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    """video_id -> captions, in file order, from MSRVTT_data.json's ``sentences``. Raises
+    ValueError, one line naming the file and the record, when the file is not UTF-8 JSON of that
+    shape."""
+    data = load_json_file(path)
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path}: top level is a JSON {_json_type(data)}; expected MSR-VTT's object "
+            '{"videos": [...], "sentences": [...]}'
+        )
     if "sentences" not in data:
-        raise ValueError(f"{path}: no 'sentences' field; expected MSR-VTT's {{'videos': [...], 'sentences': [...]}}")
+        raise ValueError(f"{path}: no 'sentences' field; expected MSR-VTT's object " '{"videos": [...], "sentences": [...]}')
+    sentences = data["sentences"]
+    if not isinstance(sentences, list):
+        raise ValueError(f"{path}: 'sentences' is a JSON {_json_type(sentences)}; expected a list of {_SENTENCE}")
     caps: dict[str, list[str]] = defaultdict(list)
-    for s in data["sentences"]:
-        caps[s["video_id"]].append(s["caption"])
+    for i, s in enumerate(sentences):
+        where = f"{path}: sentences[{i}]"
+        if not isinstance(s, dict):
+            raise ValueError(f"{where} is a JSON {_json_type(s)}; expected {_SENTENCE}")
+        for key in ("video_id", "caption"):
+            if key not in s:
+                raise ValueError(f"{where}: no {key!r} field; expected {_SENTENCE}")
+        caption = s["caption"]
+        if not isinstance(caption, str):
+            shown = f"a JSON {_json_type(caption)}" + ("" if caption is None else f" {json.dumps(caption)[:60]}")
+            raise ValueError(f"{where}: 'caption' is {shown}; expected {_SENTENCE}")
+        caps[_video_id(s["video_id"], where)].append(caption)
     return dict(caps)
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(value), type(value).__name__)
 
 
 class MSRVTTDataset(VideoTextDataset):
@@ -106,9 +181,12 @@ class MSRVTTDataset(VideoTextDataset):
         texts: list[str | None] = []
         if csv_path.is_file():
             if self.split == "train":
-                video_ids = [r["video_id"] for r in _read_csv(csv_path, ("video_id",))]
+                rows = _read_csv(csv_path, ("video_id",), rows_are="one row per train video", nonempty=("video_id",))
+                video_ids = [r["video_id"] for r in rows]
             else:
-                rows = _read_csv(csv_path, ("key", "vid_key", "video_id", "sentence"))
+                rows = _read_csv(csv_path, ("key", "vid_key", "video_id", "sentence"),
+                                 rows_are="one row per caption (key,vid_key,video_id,sentence)",
+                                 nonempty=("video_id", "sentence"))
                 video_ids = [r["video_id"] for r in rows]
                 texts = [r["sentence"] for r in rows]
         paths, missing_videos = find_video_files(self.video_dir, video_ids, VIDEO_EXTENSIONS)

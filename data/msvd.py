@@ -17,10 +17,10 @@ decodes each video once. Frames, caches and missing/broken videos: ``data.base``
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
-from .base import MissingDataError, SplitIndex, VideoTextDataset, find_video_files
+from .base import MissingDataError, SplitIndex, VideoTextDataset, find_video_files, read_text_file
+from .safe_pickle import load_plain_pickle
 
 __all__ = ["MSVDDataset", "MissingDataError", "MSVD_VIDEO_EXTENSIONS", "load_msvd_captions"]
 
@@ -30,8 +30,12 @@ _LIST_FILES = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_l
 
 
 def _read_list(path: Path) -> list[str]:
-    """Video ids, one per non-empty line, surrounding whitespace removed."""
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Video ids, one per non-empty line, surrounding whitespace removed. Raises ValueError naming
+    the file when it is not UTF-8 or lists no video."""
+    ids = [line.strip() for line in read_text_file(path).splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"{path}: no video ids (empty file); expected one video id per line")
+    return ids
 
 
 def _caption_text(caption, path: Path, video_id: str) -> str:
@@ -45,10 +49,11 @@ def _caption_text(caption, path: Path, video_id: str) -> str:
 def load_msvd_captions(path: Path) -> dict[str, list[str]]:
     """video id -> captions (tokens joined by spaces), from ``raw-captions.pkl``.
 
-    The file is a pickle, as distributed; only load one you trust (pickles can run code).
+    The file is a pickle, as distributed, read with ``data.safe_pickle.load_plain_pickle``: it
+    may build only dicts, lists, tuples, strings and numbers, so a crafted file cannot run code;
+    one that names any class or function raises ValueError naming the file and that global.
     """
-    with open(path, "rb") as f:
-        data = pickle.load(f)
+    data = load_plain_pickle(path, holds="dicts, lists and strings")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: holds a {type(data).__name__}; expected a dict video id -> list of token lists")
     out = {}

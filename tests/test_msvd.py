@@ -1,5 +1,6 @@
 """MSVD reader (official layout, multi-caption evaluation) and a tiny end-to-end run on it."""
 
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -74,6 +75,35 @@ def test_bad_caption_file_is_named(copy):
         pickle.dump([["not", "a", "dict"]], f)
     with pytest.raises(ValueError, match=r"raw-captions.pkl: holds a list; expected a dict"):
         MSVDDataset(copy, "test", image_size=S)
+
+
+class _TouchOnLoad:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def test_crafted_caption_pickle_runs_no_code(copy, tmp_path):
+    marker = tmp_path / "marker"
+    raw = pickle.loads((copy / "raw-captions.pkl").read_bytes())
+    first = next(iter(raw))
+    raw[first] = [_TouchOnLoad(marker)] + raw[first]
+    (copy / "raw-captions.pkl").write_bytes(pickle.dumps(raw))
+    with pytest.raises(ValueError) as e:
+        MSVDDataset(copy, "train", image_size=S)
+    assert not marker.exists()
+    assert str(e.value) == (f"{copy / 'raw-captions.pkl'}: refused to unpickle 'posix.system': raw-captions.pkl may "
+                            "hold only dicts, lists and strings (a pickle that names a class or function can run code)")
+
+
+def test_truncated_caption_pickle_is_named(copy):
+    data = (copy / "raw-captions.pkl").read_bytes()
+    (copy / "raw-captions.pkl").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"raw-captions.pkl: cannot unpickle \(truncated or not a pickle: ") as e:
+        MSVDDataset(copy, "test", image_size=S)
+    assert "\n" not in str(e.value)
 
 
 def test_missing_test_video_policy(copy):
