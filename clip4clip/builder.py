@@ -10,6 +10,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from .checkpoints import load_state_checked
 from .clip import CLIP, CLIPConfig, clip_from_state_dict, load_clip
 from .heads import build_head
 from .model import CLIP4Clip
@@ -101,22 +102,20 @@ def build_model(model_cfg: Mapping, vocab_size: Optional[int] = None,
     name, kwargs = head_kwargs(cfg)
     model = CLIP4Clip.from_clip(clip, name, init_head_from_clip=init_from_clip, **kwargs)
     if init_state is not None:
-        _load_init_state(model, init_state["model"])
+        _load_init_state(model, init_state["model"], init_state.get("path"))
     apply_adapters(model, adapter_cfg)
     model.clip.set_grad_checkpointing(bool(cfg.get("grad_checkpointing", False)))
     return model
 
 
-def _load_init_state(model: CLIP4Clip, init_state: Mapping) -> None:
+def _load_init_state(model: CLIP4Clip, init_state: Mapping, where: Optional[str] = None) -> None:
     """CLIP weights must match exactly; the head's only if it is the same kind of head."""
     own = model.state_dict()
     head_ok = all(k in own and own[k].shape == v.shape for k, v in init_state.items() if k.startswith("head."))
     wanted = {k: v for k, v in init_state.items() if k.startswith("clip.") or head_ok}
-    missing, unexpected = model.load_state_dict(wanted, strict=False)
-    missing = [k for k in missing if k.startswith("clip.")]
-    if missing or unexpected:
-        raise ValueError(f"model.init_checkpoint does not fit this model: missing {missing[:10]}, "
-                         f"unexpected {unexpected[:10]}")
+    # Adapters are injected after this load, so only CLIP's own weights must all be there.
+    load_state_checked(model, wanted, f"model.init_checkpoint={where}" if where else "model.init_checkpoint",
+                       allow_missing=lambda k: not k.startswith("clip."))
 
 
 def apply_adapters(model: CLIP4Clip, adapter_cfg: Optional[Mapping]) -> Optional[dict]:
@@ -148,7 +147,7 @@ def model_args(model: CLIP4Clip, model_cfg: Mapping, adapter_cfg: Optional[Mappi
             "adapter": _plain(adapter_cfg) or {"name": "none"}}
 
 
-def model_from_args(args: Mapping, state_dict: Optional[Mapping] = None) -> CLIP4Clip:
+def model_from_args(args: Mapping, state_dict: Optional[Mapping] = None, where: Optional[str] = None) -> CLIP4Clip:
     """Rebuild a CLIP4Clip (with its adapters) from ``model_args`` and load a FULL
     ``state_dict`` strictly. Trainable-only checkpoints need the base weights: see
     ``load_model_from_checkpoint``."""
@@ -157,11 +156,8 @@ def model_from_args(args: Mapping, state_dict: Optional[Mapping] = None) -> CLIP
     model = CLIP4Clip(clip, head)
     apply_adapters(model, args.get("adapter"))
     if state_dict is not None:
-        missing, unexpected = model.load_state_dict(dict(state_dict), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint weights do not match the model they claim to be "
-                             f"({args['head']} on {args['clip']}): missing {missing[:10]}, "
-                             f"unexpected {unexpected[:10]}")
+        load_state_checked(model, state_dict, f"{where or 'checkpoint'} (a {args['head']} model as its "
+                                              "model_args describe)")
     return model
 
 
@@ -175,7 +171,7 @@ def init_state(model_cfg: Mapping) -> Optional[dict]:
     ckpt = load_checkpoint(path)
     if ckpt.get("weights") == "trainable":
         raise ValueError(f"model.init_checkpoint={path} holds only adapter weights; start from a full checkpoint")
-    return {"model": ckpt["model"], "clip": (ckpt.get("model_args") or {}).get("clip")}
+    return {"model": ckpt["model"], "clip": (ckpt.get("model_args") or {}).get("clip"), "path": str(path)}
 
 
 def init_tokenizer_state(model_cfg: Mapping) -> Optional[dict]:
@@ -188,9 +184,20 @@ def init_tokenizer_state(model_cfg: Mapping) -> Optional[dict]:
     return state if state and state.get("kind") != "clip" else None
 
 
-def load_model_from_checkpoint(ckpt: Mapping) -> CLIP4Clip:
+def load_model_from_checkpoint(ckpt: Mapping, where: Optional[str] = None) -> CLIP4Clip:
     """Rebuild the model of one of our checkpoints. Full checkpoints need nothing else;
-    trainable-only ones (``weights: trainable``) first load the base CLIP their config names."""
+    trainable-only ones (``weights: trainable``) first load the base CLIP their config names.
+    ``where`` (the file) is named in errors."""
+    where = where or "checkpoint"
+    try:
+        return _model_from_checkpoint(ckpt, where)
+    except (KeyError, TypeError, AttributeError) as e:  # a dict of ours with a field lost or mangled
+        raise ValueError(f"{where}: a checkpoint of this framework with a missing or malformed field "
+                         f"({type(e).__name__}: {e}); expected 'model_args', 'model' and 'config' as written "
+                         "by train.py") from e
+
+
+def _model_from_checkpoint(ckpt: Mapping, where: str) -> CLIP4Clip:
     if ckpt.get("weights") == "trainable":
         import adapters
         mcfg = ckpt["config"]["model"]
@@ -201,7 +208,7 @@ def load_model_from_checkpoint(ckpt: Mapping) -> CLIP4Clip:
                              f"({ckpt['config']['model']['clip']}) is not the one it was trained on")
         adapters.load_trainable_state_dict(model, ckpt["model"])
         return model
-    return model_from_args(ckpt["model_args"], ckpt["model"])
+    return model_from_args(ckpt["model_args"], ckpt["model"], where)
 
 
 __all__ = ["build_model", "apply_adapters", "load_model_from_checkpoint", "build_tokenizer", "tokenizer_state", "model_args", "model_from_args",

@@ -13,6 +13,7 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from .checkpoints import load_state_checked
 from .clip import CLIP, clip_from_state_dict
 from .heads import HEADS, Head, build_head, l2_normalize
 from .loss import contrastive_loss
@@ -130,14 +131,17 @@ class CLIP4Clip(nn.Module):
         return cls(clip, head_module)
 
     @classmethod
-    def from_official_checkpoint(cls, path: Union[str, os.PathLike, Mapping],
+    def from_official_checkpoint(cls, path: Union[str, os.PathLike, Mapping], where: Optional[str] = None,
                                  **head_kwargs) -> "CLIP4Clip":
         """Load a checkpoint written by the official CLIP4Clip trainer (``pytorch_model.bin.N``:
         CLIP under ``clip.`` in float16, heads in float32). The head is detected from the keys:
         ``transformerClip.*`` -> seqTransf, ``lstm_visual.*`` -> seqLSTM, ``cross.*`` /
         ``similarity_dense.*`` -> tightTransf, none -> meanP."""
         sd = path if isinstance(path, Mapping) else _read_checkpoint(path)
-        where = "checkpoint" if isinstance(path, Mapping) else str(path)
+        where = where or ("checkpoint" if isinstance(path, Mapping) else str(path))
+        odd = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+        if odd:
+            raise ValueError(f"{where}: keys {odd[:5]} hold no tensor; expected a state dict of tensors")
         clip_sd = {k[len("clip."):]: v.float() if torch.is_floating_point(v) else v
                    for k, v in sd.items() if k.startswith("clip.")}
         rest = {k: v for k, v in sd.items() if not k.startswith("clip.")}
@@ -158,10 +162,7 @@ class CLIP4Clip(nn.Module):
         unknown = sorted(set(rest) - used)
         if unknown:
             raise ValueError(f"{where}: unexpected keys for a {head_name} checkpoint: {unknown}")
-        missing, unexpected = head.load_state_dict({k: v.float() for k, v in converted.items()}, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{where}: {head_name} head weights do not match: missing {missing}, "
-                             f"unexpected {unexpected}")
+        load_state_checked(head, {k: v.float() for k, v in converted.items()}, f"{where} ({head_name} head)")
         return cls(clip, head)
 
 
@@ -183,12 +184,9 @@ def _official_keys_used(head: Head, non_clip_sd: Mapping) -> set:
 
 
 def _read_checkpoint(path) -> Dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    from .checkpoints import read_torch_file  # never runs code from the file
+
+    sd = read_torch_file(path, "CLIP4Clip checkpoint")
     if not isinstance(sd, Mapping):
         raise ValueError(f"{path} does not hold a state dict (got {type(sd).__name__})")
     return dict(sd)

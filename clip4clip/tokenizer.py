@@ -147,17 +147,20 @@ class _Tokenizer:
         return self._encode(_check_str(text, "text"), None)
 
     def __call__(
-        self, texts: str | Sequence[str], max_words: int = 32
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, texts: str | Sequence[str], max_words: int = 32, return_lengths: bool = False
+    ) -> tuple[torch.Tensor, ...]:
         """Tokenize a batch into the CLIP4Clip text input.
 
         Args:
             texts: one string or a list/tuple of B strings.
             max_words: sequence length L (CLIP4Clip uses 32); at least 3.
+            return_lengths: also return each text's token count before cutting, capped at
+                L - 1 (so ``lengths > L - 2`` means the text was cut, ``0`` that it was empty).
 
         Returns:
             input_ids: LongTensor [B, L]: SOT, the first L-2 tokens, EOT, then zeros.
             attention_mask: LongTensor [B, L]: 1 on SOT..EOT, 0 on padding.
+            lengths: LongTensor [B], only with ``return_lengths``.
         """
         max_words = _check_max_words(max_words)
         if isinstance(texts, str):
@@ -169,12 +172,16 @@ class _Tokenizer:
 
         input_ids = torch.zeros(len(texts), max_words, dtype=torch.long)
         attention_mask = torch.zeros(len(texts), max_words, dtype=torch.long)
+        lengths = torch.zeros(len(texts), dtype=torch.long)
         budget = max_words - 2
         for row, text in enumerate(texts):
-            tokens = [self.sot_token_id] + self._encode(text, budget)[:budget] + [self.eot_token_id]
+            # One token past the budget tells whether anything was cut, at no extra cost.
+            ids = self._encode(text, budget + 1)
+            lengths[row] = min(len(ids), budget + 1)
+            tokens = [self.sot_token_id] + ids[:budget] + [self.eot_token_id]
             input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
             attention_mask[row, : len(tokens)] = 1
-        return input_ids, attention_mask
+        return (input_ids, attention_mask, lengths) if return_lengths else (input_ids, attention_mask)
 
     def _strip_special(self, ids: list[int]) -> list[int]:
         """Drop SOT, and everything from the first EOT on (the padding after it)."""

@@ -412,7 +412,8 @@ class VideoTextDataset(Dataset):
             if video_id in self._ram:
                 return self._ram.get(video_id)
             path = self._paths.get(video_id, self.video_dir / video_id)
-            raise VideoReadError(path, self._ram.broken.get(video_id, "not in the in-memory frame cache"))
+            reason = self._ram.broken.get(video_id, "not in the in-memory frame cache")
+            raise VideoReadError(path, reason.removeprefix(f"{path}: "))  # the cache keeps "path: reason"
         return self._load_uncached(video_id)
 
     # ------------------------------------------------------------------------------------------

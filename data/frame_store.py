@@ -77,6 +77,9 @@ def load_manifest(directory: str | os.PathLike) -> dict | None:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte at offset {e.start}); delete the cache folder and "
+                         "extract again") from None
     try:
         m = json.loads(text)
     except ValueError as e:

@@ -332,3 +332,10 @@ def test_msvd_list_file_errors(tmp_path):
     with pytest.raises(ValueError) as e:
         MSVDDataset(root, "test", image_size=8)
     assert one_line_error(e) == f"{root / 'test_list.txt'}: not UTF-8 text (byte 0xff at offset 5, line 2); save the file as UTF-8"
+
+
+def test_non_utf8_frame_cache_manifest_names_the_file(tmp_path):
+    from data.frame_store import MANIFEST, load_manifest
+    (tmp_path / MANIFEST).write_bytes(b'{"format": "\xff\xfe"}')
+    with pytest.raises(ValueError, match=f"{MANIFEST}: not UTF-8"):
+        load_manifest(tmp_path)

@@ -42,8 +42,9 @@ def zero_frame_video(path: Path) -> None:
     avi.replace(path)
 
 
-def fake_tokenizer(texts, max_words):
-    return torch.zeros(len(texts), max_words, dtype=torch.long), torch.ones(len(texts), max_words, dtype=torch.long)
+def fake_tokenizer(texts, max_words, return_lengths=False):
+    out = torch.zeros(len(texts), max_words, dtype=torch.long), torch.ones(len(texts), max_words, dtype=torch.long)
+    return (*out, torch.ones(len(texts), dtype=torch.long)) if return_lengths else out
 
 
 # ---- evaluation splits: refuse, or drop and say so ---------------------------------------------

@@ -7,8 +7,6 @@ weights' shapes, so any ViT CLIP file loads the same way.
 from __future__ import annotations
 
 import os
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Union
 
@@ -57,33 +55,18 @@ def resolve_clip_file(name_or_path: Union[str, os.PathLike], cache_dir=None,
     return path
 
 
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives are zips holding compiled code; torch.save zips hold none."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
-
-
 def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
     """Read CLIP weights from a TorchScript archive (as released) or a plain state-dict file
     (optionally nested under 'state_dict'/'model', optionally with a 'module.' prefix).
-    Tensors come back in float32."""
+    Tensors come back in float32. Nothing in the file is executed (``checkpoints.read_torch_file``)."""
+    from ..checkpoints import read_torch_file
+
     path = Path(path)
-    sd = None
-    if _is_torchscript(path):
-        with warnings.catch_warnings():
-            # torch.jit is deprecated, but it is the only reader of the released archives.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            try:
-                sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-            except RuntimeError as e:
-                raise ValueError(f"cannot read TorchScript archive {path}: {e}") from e
-    else:
-        try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle errors, truncation, wrong format
-            raise ValueError(f"cannot read CLIP weights from {path}: {type(e).__name__}: {e}") from e
+    return clip_state_dict(read_torch_file(path, "CLIP weights file"), path)
+
+
+def clip_state_dict(sd, path) -> Dict[str, torch.Tensor]:
+    """``read_state_dict`` for an object already read from ``path`` (named in errors)."""
     for key in ("state_dict", "model"):
         if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
             sd = sd[key]
@@ -94,6 +77,8 @@ def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
         if k in _NON_PARAMETER_KEYS:
             continue
         k = k[len("module."):] if k.startswith("module.") else k
+        if not isinstance(v, torch.Tensor):
+            raise ValueError(f"{path}: key {k!r} holds a {type(v).__name__}; expected a tensor (CLIP weights)")
         out[k] = v.float() if torch.is_floating_point(v) else v
     return out
 
@@ -101,11 +86,11 @@ def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
 def clip_from_state_dict(sd: Mapping[str, torch.Tensor], config: Optional[CLIPConfig] = None) -> CLIP:
     """Build a CLIP whose architecture is inferred from ``sd`` and load it with strict=True."""
     config = config or CLIPConfig.from_state_dict(sd)
+    from ..checkpoints import load_state_checked
+
     model = CLIP(config)
-    missing, unexpected = model.load_state_dict(dict(sd), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"CLIP state dict does not match the inferred architecture {config}: "
-                         f"missing keys {missing}, unexpected keys {unexpected}")
+    load_state_checked(model, sd, f"CLIP weights (architecture inferred from their shapes: "
+                                  f"width {config.vision_width}, {config.vision_layers} layers)")
     return model
 
 

@@ -1,8 +1,10 @@
 """Checkpoints: atomic writes, RNG state capture, and reading them back with clear errors."""
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -12,14 +14,94 @@ import torch
 from data.atomic import atomic_write
 from data.atomic import atomic_write_text as _atomic_write_text
 
+from ..checkpoints import read_torch_file
+
 FORMAT = "clip4clip-framework/1"
+
+
+#: The next best.pt while an epoch's pair is being written (see ``Trainer.save_epoch_end``).
+BEST_PENDING = "best.next.pt"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions...); the previous one is kept."""
+
+
+def _open_for_write(path: Path):
+    return open(path, "wb")
 
 
 def atomic_save(obj: Any, path: Union[str, os.PathLike]) -> Path:
     """``torch.save`` to a temp file, fsync, rename over ``path``: a kill at any moment leaves
-    the old checkpoint or the new one, never a truncated one."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp), fsync=True)
+    the old checkpoint or the new one, never a truncated one. A failed write (disk full) raises
+    ``CheckpointWriteError`` naming the file and the OS reason, and leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        # Through a Python file object, so a full disk surfaces as OSError(ENOSPC) rather than
+        # as an opaque "inline_container.cc" RuntimeError from torch's own writer.
+        with _open_for_write(tmp) as f:
+            torch.save(obj, f)
+
+    try:
+        return atomic_write(path, write, fsync=True)
+    except OSError as e:
+        reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise CheckpointWriteError(e.errno, f"cannot write checkpoint {path}: {reason} ({e}); the checkpoints "
+                                            f"written before in {path.parent} are kept") from e
+
+
+def promote_best(ckpt_dir: Union[str, os.PathLike]) -> None:
+    """``best.next.pt`` becomes ``best.pt`` (one rename: atomic)."""
+    os.replace(Path(ckpt_dir) / BEST_PENDING, Path(ckpt_dir) / "best.pt")
+
+
+def read_epoch(path: Path) -> int:
+    """The number of completed epochs a checkpoint of ours was taken at."""
+    return int(load_checkpoint(path)["state"]["epoch"])
+
+
+def reconcile_best(ckpt_dir: Union[str, os.PathLike], state: Dict[str, Any],
+                   into: Optional[Union[str, os.PathLike]] = None) -> Optional[str]:
+    """Make ``best.pt`` agree with ``last.pt``'s ``state`` before a resumed run goes on.
+
+    In ``ckpt_dir`` (the folder of the checkpoint resumed from): finishes or discards a
+    ``best.next.pt`` left by a kill inside ``Trainer.save_epoch_end``, then checks that
+    ``best.pt`` holds the best epoch ``state`` names. ``into``: a different checkpoints folder
+    (resuming into a new run folder) receives a copy of the right best checkpoint and the
+    source folder is left as it is. Returns a note of what was done (or None); raises
+    ValueError when no best checkpoint that agrees with ``state`` exists."""
+    src = Path(ckpt_dir)
+    dst = Path(into) if into is not None else src
+    in_place = dst.resolve() == src.resolve()
+    best, pending = src / "best.pt", src / BEST_PENDING
+    best_epoch, epoch = int(state.get("best_epoch", -1)), int(state.get("epoch", 0))
+    note = None
+    chosen = best
+    if pending.exists():
+        pending_epoch = read_epoch(pending)
+        if pending_epoch == best_epoch:  # killed after last.pt was written: finish the rename
+            chosen = pending
+            note = f"best.pt completed from {pending.name} (epoch {pending_epoch})"
+        else:  # killed before last.pt: that epoch is trained again and written again
+            note = f"{pending.name} of epoch {pending_epoch} discarded (last.pt is at epoch {epoch})"
+            if in_place:
+                pending.unlink()
+    if best_epoch > 0:
+        if not chosen.is_file():
+            raise ValueError(f"{best} is missing but the checkpoint resumed from says the best epoch is "
+                             f"{best_epoch}; put that run's best.pt beside it or start a new run")
+        held = read_epoch(chosen)
+        if held != best_epoch:
+            raise ValueError(f"{chosen} holds epoch {held} but the checkpoint resumed from says the best "
+                             f"epoch is {best_epoch}: the two files are from different moments of the run")
+        if in_place and chosen is pending:
+            os.replace(pending, best)
+        elif not in_place:
+            dst.mkdir(parents=True, exist_ok=True)
+            atomic_write(dst / "best.pt", lambda tmp: shutil.copyfile(chosen, tmp), fsync=True)
+    return note
 
 
 def atomic_write_text(text: str, path: Union[str, os.PathLike]) -> Path:
@@ -28,7 +110,12 @@ def atomic_write_text(text: str, path: Union[str, os.PathLike]) -> Path:
 
 
 def rng_state() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """Every generator's state as tensors and plain containers, so a checkpoint can be read back
+    with ``torch.load(weights_only=True)`` (numpy's state would otherwise be a pickled array)."""
+    np_state = np.random.get_state(legacy=False)
+    state = {"python": random.getstate(),
+             "numpy": {**np_state, "state": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                                             "pos": int(np_state["state"]["pos"])}},
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -36,22 +123,23 @@ def rng_state() -> Dict[str, Any]:
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = state["numpy"]
+    if isinstance(np_state, dict):
+        key = np.asarray(np_state["state"]["key"], dtype=np.int64).astype(np.uint32)
+        np_state = {**np_state, "state": {"key": key, "pos": int(np_state["state"]["pos"])}}
+    np.random.set_state(np_state)  # a dict, or the legacy tuple of older checkpoints
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """Read one of our training checkpoints (trusted: it holds RNG states and the config)."""
+    """Read one of our training checkpoints. Nothing in the file is executed
+    (``read_torch_file``: tensors and plain containers only)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    ckpt = read_torch_file(path, "checkpoint")
     if not is_framework_checkpoint(ckpt):
         raise ValueError(f"{path} is not a checkpoint written by this framework "
                          f"(expected a dict with format '{FORMAT}')")

@@ -23,6 +23,9 @@ class TokenizeCollate:
       (B str), and, when the items carry text, ``text`` (B str), ``input_ids`` and
       ``attention_mask`` [B, max_words]. Video-only items (``dataset.video_dataset()``) give a
       batch without the text fields.
+    * Batches with text also carry ``num_cut`` (captions longer than ``max_words`` allows, cut
+      to their first ``max_words - 2`` tokens) and ``num_empty`` (captions with no token), so
+      the trainer can report them.
     """
 
     def __init__(self, tokenizer, max_words: int):
@@ -32,5 +35,8 @@ class TokenizeCollate:
     def __call__(self, items: List[dict]) -> dict:
         batch = collate_fn(items)
         if "text" in batch:
-            batch["input_ids"], batch["attention_mask"] = self.tokenizer(batch["text"], max_words=self.max_words)
+            batch["input_ids"], batch["attention_mask"], lengths = self.tokenizer(
+                batch["text"], max_words=self.max_words, return_lengths=True)
+            batch["num_cut"] = int((lengths > self.max_words - 2).sum())
+            batch["num_empty"] = int((lengths == 0).sum())
         return batch

@@ -12,11 +12,12 @@ def user_errors():
     else keeps its traceback (a bug). CLIP4CLIP_TRACEBACK=1 shows the traceback always."""
     from data import VideoReadError
 
+    from .checkpoint import CheckpointWriteError
     from .trainer import NonFiniteLossError
     try:
         yield
     except (FileNotFoundError, PermissionError, ValueError, KeyError, DownloadError,
-            NonFiniteLossError, VideoReadError) as e:
+            NonFiniteLossError, VideoReadError, CheckpointWriteError) as e:
         if os.environ.get("CLIP4CLIP_TRACEBACK"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

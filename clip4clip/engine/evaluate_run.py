@@ -46,7 +46,7 @@ def run_evaluation(cfg, overrides: Iterable[str] = ()) -> Tuple[Dict[str, Any], 
         base.update({k: composed[k] for k in _RUN_KEYS if k in composed})
         config = merge_overrides(base, composed, [o for o in overrides
                                                   if o.split("=", 1)[0].lstrip("+~") not in _RUN_KEYS])
-    model, tokenizer = model_and_tokenizer(kind, payload, config["model"])
+    model, tokenizer = model_and_tokenizer(kind, payload, config["model"], source=str(composed["checkpoint"]))
 
     tr = config["trainer"]
     seed_everything(int(config.get("seed", 0)))

@@ -8,12 +8,11 @@ checkpoints the same way.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
-import torch
-
+from ..checkpoints import read_torch_file
 from ..builder import build_tokenizer, load_model_from_checkpoint
-from ..clip import PRETRAINED, clip_from_state_dict, load_clip, read_state_dict
+from ..clip import PRETRAINED, clip_from_state_dict, clip_state_dict, load_clip
 from ..model import CLIP4Clip
 from .checkpoint import is_framework_checkpoint
 
@@ -26,31 +25,30 @@ def load_any(ckpt_arg: str) -> Tuple[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint={ckpt_arg}: no such file, and not a released CLIP name "
                                 f"{list(PRETRAINED)}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        obj = None  # TorchScript archives and foreign formats: try them as CLIP weights below
+    obj = read_torch_file(path, "checkpoint")  # never runs code from the file
     if is_framework_checkpoint(obj):
         return "ours", obj
     if isinstance(obj, dict) and any(str(k).startswith("clip.") for k in obj):
         return "official", obj
-    sd = read_state_dict(path)
-    if "visual.proj" in sd:
-        return "clip", clip_from_state_dict(sd)
+    if isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
+        sd = clip_state_dict(obj, path)  # TorchScript archives arrive here as their state dict
+        if "visual.proj" in sd:
+            return "clip", clip_from_state_dict(sd)
     raise ValueError(f"checkpoint={path} is none of: a checkpoint of this framework, an official "
                      f"CLIP4Clip checkpoint (keys 'clip.*'), CLIP weights (keys 'visual.*')")
 
 
-def model_and_tokenizer(kind: str, payload: Any, model_cfg: Mapping) -> Tuple[CLIP4Clip, Any]:
+def model_and_tokenizer(kind: str, payload: Any, model_cfg: Mapping,
+                        source: Optional[str] = None) -> Tuple[CLIP4Clip, Any]:
     """The model and tokenizer of a ``load_any`` result. ``model_cfg`` is the ``model`` config
     the tokenizer is built from (BPE vocabulary location); our checkpoints bring their own word
     vocabulary, the other kinds always use CLIP's BPE."""
     if kind == "ours":
-        model = load_model_from_checkpoint(payload)
+        model = load_model_from_checkpoint(payload, source)
         tok_state = payload.get("tokenizer") or {"kind": "clip"}
         tokenizer = build_tokenizer(model_cfg, state=tok_state if tok_state["kind"] != "clip" else None)
     elif kind == "official":
-        model = CLIP4Clip.from_official_checkpoint(payload)
+        model = CLIP4Clip.from_official_checkpoint(payload, where=source)
         tokenizer = build_tokenizer({**model_cfg, "tokenizer": "clip"})
     elif kind == "clip":
         model = CLIP4Clip.from_clip(payload, "meanP")

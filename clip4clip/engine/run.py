@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
 import torch
 from torch.utils.data import DataLoader
 
+from data.atomic import remove_stale_tmp
+
 from ..builder import (build_model, build_tokenizer, init_state, init_tokenizer_state, model_args,
                        tokenizer_state)
 from ..loss import ClipLoss
 from ..metrics import format_table
-from .checkpoint import is_framework_checkpoint, load_checkpoint, resolve_resume_path, seed_everything
+from .checkpoint import load_checkpoint, reconcile_best, resolve_resume_path, seed_everything
 from .collate import TokenizeCollate
 from .datasets import build_split, dataset_root, val_split_name
 from .dist_eval import evaluate_distributed
@@ -41,24 +44,60 @@ def to_container(cfg: Any) -> dict:
     return dict(cfg)
 
 
-def check_output_dir(path: Any) -> Path:
-    """Fail before any work when the run folder cannot be written."""
+def check_output_dir(path: Any, subdirs: tuple = ()) -> Path:
+    """Fail before any work when the run folder (or one of ``subdirs`` in it, e.g. the
+    checkpoints folder) cannot be written: a path that is a file, no permission, read-only."""
     out = Path(str(path)).expanduser()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise PermissionError(f"output folder {out} is not writable ({e.strerror or e}); "
-                              f"set paths.output_dir or hydra.run.dir to a writable folder") from e
+    for folder in (out, *(out / d for d in subdirs)):
+        if folder.exists() and not folder.is_dir():
+            raise PermissionError(f"{folder} is a file, not a folder: the run writes "
+                                  f"{'its checkpoints' if folder != out else 'its outputs'} there; "
+                                  "move the file or set paths.output_dir / hydra.run.dir elsewhere")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                pass
+        except OSError as e:
+            raise PermissionError(f"output folder {folder} is not writable ({e.strerror or e}); "
+                                  f"set paths.output_dir or hydra.run.dir to a writable folder") from e
     return out
 
 
 def _positive(cfg: Mapping, section: str, *keys: str) -> None:
     for k in keys:
         v = cfg[section][k]
-        if not isinstance(v, (int, float)) or v <= 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
             raise ValueError(f"{section}.{k}={v!r}; expected a positive number")
+
+
+def whole_number(value: Any, name: str, minimum: int = 1, optional: bool = False) -> Any:
+    """``value`` as an int, refusing 2.5, '4', True and numbers below ``minimum`` (a count that
+    silently became int(2.5) = 2 would train one thing and record another)."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+            or int(value) < minimum:
+        raise ValueError(f"{name}={value!r}; expected a whole number >= {minimum}")
+    return int(value)
+
+
+# Counts that must be whole numbers: (section, key, minimum, may be null).
+_COUNTS = (("trainer", "epochs", 1, False), ("trainer", "batch_size", 1, False),
+           ("trainer", "eval_batch_size", 1, False), ("trainer", "log_every", 1, False),
+           ("trainer", "eval_every", 1, True), ("trainer", "checkpoint_every_steps", 0, True),
+           ("trainer", "loss_chunk_size", 0, True), ("trainer", "shuffle_block", 1, True),
+           ("trainer", "vis_queries", 0, True), ("trainer", "threads", 1, True),
+           ("optim", "hold_text_steps", 0, True), ("model", "max_words", 3, False),
+           ("dataset", "max_frames", 1, True))
+
+
+def check_counts(config: Mapping) -> None:
+    for section, key, minimum, optional in _COUNTS:
+        if key in (config.get(section) or {}):
+            whole_number(config[section][key], f"{section}.{key}", minimum, optional)
+    workers = (config.get("trainer") or {}).get("num_workers")
+    if workers not in (None, "auto"):
+        whole_number(workers, "trainer.num_workers", 0)
 
 
 def resolve_workers(value, processes_per_node: int = 1) -> int:
@@ -66,10 +105,7 @@ def resolve_workers(value, processes_per_node: int = 1) -> int:
     most 8 -- enough to feed one GPU from cached or pre-extracted frames."""
     if value in (None, "auto"):
         return max(1, min(8, (os.cpu_count() or 1) // max(processes_per_node, 1)))
-    n = int(value)
-    if n < 0:
-        raise ValueError(f"trainer.num_workers={value}; expected auto or an integer >= 0")
-    return n
+    return whole_number(value, "trainer.num_workers (auto or a count)", 0)
 
 
 def _loader(dataset, batch_size, collate, num_workers, device, sampler=None):
@@ -102,6 +138,17 @@ def _base_recoverable(model_cfg: Mapping) -> bool:
     return bool(clip.get("pretrained") or model_cfg.get("init_checkpoint"))
 
 
+def data_summary(history) -> dict:
+    """Run totals of the per-epoch data reports: every skipped video (id -> reason) and the
+    caption counts."""
+    skipped, caps = {}, {"seen": 0, "cut": 0, "empty": 0}
+    for record in history:
+        skipped.update(record.get("skipped_videos") or {})
+        for k in caps:
+            caps[k] += int((record.get("captions") or {}).get(k, 0))
+    return {"skipped_videos": {"count": len(skipped), "videos": skipped}, "captions": caps}
+
+
 def per_rank_batch(batch_size: int, info: DistInfo) -> int:
     if batch_size % info.world_size:
         raise ValueError(f"trainer.batch_size={batch_size} is the global batch and must divide evenly "
@@ -112,11 +159,8 @@ def per_rank_batch(batch_size: int, info: DistInfo) -> int:
 def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     config = to_container(cfg)
     tr = config["trainer"]
-    _positive(config, "trainer", "epochs", "batch_size", "eval_batch_size")
+    check_counts(config)
     _positive(config, "optim", "lr")
-    hold = config["optim"].get("hold_text_steps", 0)
-    if hold is not None and (not isinstance(hold, int) or isinstance(hold, bool) or hold < 0):
-        raise ValueError(f"optim.hold_text_steps={hold!r}; expected a whole number of steps >= 0")
     device = resolve_device(tr["device"])
     info, device = init_distributed(device, tr.get("dist_backend", "auto"))
     try:
@@ -128,7 +172,11 @@ def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
 def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     tr, opt, mcfg, dcfg = config["trainer"], config["optim"], config["model"], config["dataset"]
     # Only rank 0 writes; the others use its folder (Hydra gives each process its own timestamp).
-    out = Path(broadcast_object(str(check_output_dir(config["paths"]["output_dir"])) if info.is_main else None))
+    out = Path(broadcast_object(str(check_output_dir(config["paths"]["output_dir"], ("checkpoints",)))
+                                if info.is_main else None))
+    if info.is_main:  # debris of writes killed in an earlier run of this folder
+        for folder in (out, out / "checkpoints"):
+            remove_stale_tmp(folder)
     batch_size = per_rank_batch(int(tr["batch_size"]), info)
     resume_ckpt = None
     if tr.get("resume"):
@@ -148,6 +196,8 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
     train_ds = build_split(dcfg, root, "train", image_size, seed, progress)
     val_name = val_split_name(dcfg)
     val_ds = build_split(dcfg, root, val_name, image_size, seed, progress) if val_name else None
+    # Built (and its videos checked) now, not after the whole training run.
+    test_ds = build_split(dcfg, root, "test", image_size, seed, progress)
 
     tok_state = resume_ckpt.get("tokenizer") if resume_ckpt else init_tokenizer_state(mcfg)
     if tok_state and tok_state.get("kind") == "clip":
@@ -215,20 +265,27 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
     if resume_ckpt is not None:
         trainer.restore(resume_ckpt)
         if info.is_main:
-            print(f"resumed from {tr['resume']} at epoch {trainer.state.epoch}, step {trainer.state.step}", flush=True)
+            # best.pt must be the epoch last.pt names (a kill between the two writes is repaired).
+            note = reconcile_best(resolve_resume_path(tr["resume"]).parent, asdict(trainer.state),
+                                  into=out / "checkpoints")
+            print(f"resumed from {tr['resume']} at epoch {trainer.state.epoch}, step {trainer.state.step}"
+                  + (f"; {note}" if note else ""), flush=True)
     state = trainer.fit()
 
     # Final test of the selected checkpoint: rank 0 reads it, every rank gets its weights.
     barrier()
     if info.is_main:
-        trainer.load_weights(load_checkpoint(out / "checkpoints" / "best.pt"))
+        best = load_checkpoint(out / "checkpoints" / "best.pt")
+        if int(best["state"]["epoch"]) != int(state["best_epoch"]):
+            raise ValueError(f"{out / 'checkpoints' / 'best.pt'} holds epoch {best['state']['epoch']}, "
+                             f"not the best epoch {state['best_epoch']}; refusing to test the wrong weights")
+        trainer.load_weights(best)
     broadcast_parameters(model)
-    test_ds = build_split(dcfg, root, "test", image_size, seed, progress)
     test_metrics, _ = evaluate_distributed(model, test_ds, info, device=device, precision=precision,
                                            progress=progress, desc="test", **eval_options)
     metrics = {"test": test_metrics, "best_epoch": state["best_epoch"],
                "val": next((h["val"] for h in state["history"] if h["epoch"] == state["best_epoch"] and "val" in h), None),
-               "history": state["history"], "output_dir": str(out)}
+               "history": state["history"], "output_dir": str(out), **data_summary(state["history"])}
     if info.is_main:
         print(f"\ntest ({len(test_ds)} captions, checkpoint from epoch {state['best_epoch']}):\n"
               f"{format_table(test_metrics)}", flush=True)

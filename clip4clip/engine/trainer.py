@@ -18,9 +18,10 @@ from tqdm.auto import tqdm
 
 from ..metrics import format_table
 from ..model import MAX_LOGIT_SCALE
-from .checkpoint import FORMAT, atomic_save, atomic_write_text, rng_state, set_rng_state
+from .checkpoint import (BEST_PENDING, FORMAT, atomic_save, atomic_write_text, promote_best, rng_state,
+                         set_rng_state)
 from .dist_eval import evaluate_distributed
-from .distributed import DistInfo, all_ranks_true
+from .distributed import DistInfo, all_ranks_true, gather_objects
 from .evaluation import similarity_matrix
 from .step import ContrastiveStep, batch_to_device
 from .tensorboard import Logger, frame_strip, retrieval_grid
@@ -38,6 +39,12 @@ class TrainState:
     best_score: float = -math.inf
     best_epoch: int = -1
     history: List[dict] = field(default_factory=list)
+    # The current epoch's data report so far (kept in mid-epoch checkpoints, so a resumed epoch
+    # reports the same as an uninterrupted one): skipped unreadable videos (id -> reason), and
+    # captions seen / cut to max_words / empty.
+    epoch_skipped: Dict[str, str] = field(default_factory=dict)
+    epoch_captions: Dict[str, int] = field(default_factory=lambda: {"seen": 0, "cut": 0, "empty": 0})
+    warned_captions: bool = False
 
 
 def monitor_value(metrics: dict, monitor: str) -> float:
@@ -119,10 +126,34 @@ class Trainer:
             **self.extra_state,
         }
 
+    def eval_checkpoint(self) -> dict:
+        """What evaluation and search need (``best.pt``): weights, model args, tokenizer, config
+        and the epoch it was taken at; no optimiser, scheduler or RNG state (a third the size
+        of ``last.pt`` with AdamW)."""
+        return {"format": FORMAT, "contents": "eval", "model": self.model_weights(),
+                "state": {"epoch": self.state.epoch, "step": self.state.step,
+                          "best_epoch": self.state.best_epoch, "best_score": self.state.best_score},
+                "config": self.config, **self.extra_state}
+
     def save(self, name: str) -> Optional[Path]:
         if not self.is_main:
             return None
         return atomic_save(self.checkpoint(), self.ckpt_dir / f"{name}.pt")
+
+    def save_epoch_end(self, improved: bool) -> None:
+        """``last.pt`` and, if the epoch improved, ``best.pt``, written so that a kill at any
+        moment leaves a pair that agrees: the new best goes to ``best.next.pt`` first, then
+        ``last.pt`` (which names the best epoch), then it is renamed to ``best.pt``. A kill
+        before ``last.pt`` leaves the old pair (the epoch is trained again); a kill after it
+        leaves ``best.next.pt`` for ``reconcile_best`` to finish the rename on resume."""
+        if not self.is_main:
+            return
+        pending = self.ckpt_dir / BEST_PENDING
+        if improved:
+            atomic_save(self.eval_checkpoint(), pending)
+        self.save("last")
+        if improved:
+            promote_best(self.ckpt_dir)
 
     def restore(self, ckpt: dict) -> None:
         self.load_weights(ckpt)
@@ -178,6 +209,13 @@ class Trainer:
         losses, t0, clips = [], time.perf_counter(), 0
         for batch in bar:
             self.skipped_videos += int(batch.get("num_broken", 0))
+            for video_id, reason in batch.get("broken", ()):
+                self.state.epoch_skipped[str(video_id)] = str(reason)
+            if "input_ids" in batch:
+                caps = self.state.epoch_captions
+                caps["seen"] += len(batch["input_ids"])
+                caps["cut"] += int(batch.get("num_cut", 0))
+                caps["empty"] += int(batch.get("num_empty", 0))
             # A batch whose videos were all unreadable has nothing to train on; under DDP every
             # rank must then skip the step, or the others would wait for its gradients.
             if not all_ranks_true(not batch.get("empty", False), self.device):
@@ -202,6 +240,31 @@ class Trainer:
             if self.checkpoint_every_steps and self.state.step % self.checkpoint_every_steps == 0:
                 self.save("last")
         return {"loss": sum(losses) / max(len(losses), 1)}
+
+    def _data_report(self, epoch: int) -> dict:
+        """This epoch's skipped videos and caption counts over every rank, printed (skipped
+        videos every epoch, caption problems once per run) and returned for the history."""
+        skipped, caps = self.state.epoch_skipped, dict(self.state.epoch_captions)
+        if self.dist.enabled:
+            parts = gather_objects((skipped, caps))
+            if parts is not None:
+                skipped = {k: v for part, _ in parts for k, v in part.items()}
+                caps = {k: sum(c[k] for _, c in parts) for k in caps}
+        self.state.epoch_skipped = {}
+        self.state.epoch_captions = {"seen": 0, "cut": 0, "empty": 0}
+        if self.is_main and skipped:
+            shown = "; ".join(f"{v} ({r})" for v, r in list(skipped.items())[:10])
+            more = f"; ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+            print(f"warning: epoch {epoch + 1}: {len(skipped)} unreadable training video(s) skipped: "
+                  f"{shown}{more}", flush=True)
+        if self.is_main and (caps["cut"] or caps["empty"]) and not self.state.warned_captions:
+            max_words = int(self.config.get("model", {}).get("max_words", 0) or 0)
+            print(f"warning: epoch {epoch + 1} trained on {caps['seen']} captions: {caps['cut']} were longer "
+                  f"than model.max_words={max_words} allows and were cut to their first {max_words - 2} "
+                  f"tokens; {caps['empty']} were empty (no tokens). Shown once per run; the counts of "
+                  "every epoch are in metrics.json (history).", flush=True)
+            self.state.warned_captions = True
+        return {"skipped_videos": skipped, "captions": caps}
 
     def validate(self, epoch: int) -> Optional[dict]:
         if self.val_dataset is None:
@@ -254,7 +317,7 @@ class Trainer:
             self.state.epoch = epoch + 1
             self.state.step_in_epoch = 0
             record = {"epoch": epoch + 1, "step": self.state.step, "train_loss": train_stats["loss"],
-                      "epoch_time_s": time.perf_counter() - t0}
+                      "epoch_time_s": time.perf_counter() - t0, **self._data_report(epoch)}
             metrics = None
             if (epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs:
                 metrics = self.validate(epoch)
@@ -272,9 +335,7 @@ class Trainer:
                 if improved:
                     self.state.best_epoch = epoch + 1
             self.state.history.append(record)
-            self.save("last")
-            if improved:
-                self.save("best")
+            self.save_epoch_end(improved)
             self.logger.scalars({"train/epoch_loss": train_stats["loss"]}, self.state.step)
             self.logger.flush()
         return asdict(self.state)

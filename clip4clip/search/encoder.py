@@ -141,7 +141,7 @@ class Encoder:
             max_words = DEFAULT_MAX_WORDS
         if bpe_vocab:
             model_cfg["bpe_vocab"] = bpe_vocab
-        model, tokenizer = model_and_tokenizer(kind, payload, model_cfg)
+        model, tokenizer = model_and_tokenizer(kind, payload, model_cfg, source=source)
         tok_state = tokenizer_state(tokenizer)
         sampling = Sampling(fps=float(fps if fps is not None else default_fps),
                             max_frames=int(max_frames if max_frames is not None else default_frames),
