@@ -16,19 +16,18 @@ from typing import Any, Tuple
 import hydra
 from omegaconf import DictConfig
 
-from clip4clip.engine.errors import user_errors
+from clip4clip.errors import user_errors
 
 
 def settings_from_config(cfg) -> Any:
     """ExtractSettings from the composed extract_frames config."""
     from data import KeyframeParams
     from data.extract import ExtractSettings
-    md = cfg.get("maxdiff") or {}
     workers = cfg.get("workers", "auto")
     workers = min(8, os.cpu_count() or 1) if workers in (None, "auto") else int(workers)
-    kf = KeyframeParams(scheme=str(cfg["keyframes"]), max_frames=int(cfg["max_frames"]), fps=float(cfg["fps"]),
-                        slice_framepos=str(cfg["slice_framepos"]), step=int(md.get("step", 1)),
-                        blur=int(md.get("blur", 9)))
+    # The extraction config carries the same keys as a dataset config (keyframes, fps,
+    # max_frames, slice_framepos, maxdiff): one conversion for both.
+    kf = KeyframeParams.from_config(cfg, "train")
     return ExtractSettings(keyframes=kf, size=int(cfg["size"]), formats=tuple(cfg["formats"]),
                            jpeg_quality=int(cfg["jpeg_quality"]), workers=workers,
                            overwrite=bool(cfg["overwrite"]), retry_failed=bool(cfg["retry_failed"]),
@@ -39,7 +38,7 @@ def run_extraction(cfg) -> Tuple[Any, dict]:
     """-> (ExtractReport, resolved config). Extracts a folder (``videos``) or a dataset."""
     from omegaconf import OmegaConf
 
-    from clip4clip.engine.datasets import dataset_root, dataset_videos, frame_cache_dir
+    from data.splits import dataset_root, dataset_videos, frame_cache_dir
     from data import default_cache_dir
     from data.extract import extract_to_cache, videos_in_folder
     config = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)

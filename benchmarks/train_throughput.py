@@ -234,7 +234,7 @@ def loader_throughput(args) -> dict:
     from omegaconf import OmegaConf
 
     from clip4clip.engine.collate import TokenizeCollate
-    from clip4clip.engine.datasets import build_split, dataset_root
+    from data.splits import build_split, dataset_root
     from clip4clip.engine.run import resolve_workers
     from clip4clip.tokenizer import WordTokenizer
     arch, words = BACKBONES[args.backbone]

@@ -10,14 +10,15 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from .checkpoints import load_state_checked
 from .clip import CLIP, CLIPConfig, clip_from_state_dict, load_clip
-from .heads import build_head
+from .heads import DEFAULT_HEAD
 from .model import CLIP4Clip
+from .serialization import load_state_checked
 from .tokenizer import ClipTokenizer, WordTokenizer
 
 
-def _plain(cfg: Any) -> dict:
+def to_plain(cfg: Any) -> dict:
+    """A config section (dict or OmegaConf container, resolved) as a plain dict."""
     if cfg is None:
         return {}
     try:  # OmegaConf containers -> plain dicts without importing omegaconf here
@@ -33,7 +34,7 @@ def build_tokenizer(model_cfg: Mapping, train_texts: Optional[Sequence[str]] = N
                     state: Optional[dict] = None):
     """``model.tokenizer``: 'clip' (CLIP's BPE; vocabulary resolved at run time) or 'word'
     (vocabulary built from the training captions, or restored from a checkpoint's state)."""
-    cfg = _plain(model_cfg)
+    cfg = to_plain(model_cfg)
     kind = cfg.get("tokenizer", "clip")
     if kind == "clip":
         return ClipTokenizer(vocab_path=cfg.get("bpe_vocab"), cache_dir=(cfg.get("clip") or {}).get("cache_dir"))
@@ -51,8 +52,8 @@ def tokenizer_state(tokenizer) -> dict:
 
 
 def head_kwargs(model_cfg: Mapping) -> tuple:
-    head = dict(_plain(model_cfg).get("head") or {"name": "meanP"})
-    name = head.pop("name", "meanP")
+    head = dict(to_plain(model_cfg).get("head") or {})
+    name = head.pop("name", None) or DEFAULT_HEAD
     return name, head
 
 
@@ -63,10 +64,10 @@ def build_model(model_cfg: Mapping, vocab_size: Optional[int] = None,
     ``head`` ({name, **kwargs}), ``init_head_from_clip``, ``grad_checkpointing``; then the
     ``adapter`` config (AIM / LoRA injection and freezing) if given.
 
-    ``init_state``: what ``init_state(model_cfg)`` returns for ``model.init_checkpoint`` (e.g. a
+    ``init_state``: what ``checkpoints.read_init_checkpoint(model_cfg)`` returns for ``model.init_checkpoint`` (e.g. a
     finished run that adapters are now added to): ``{"model": full CLIP4Clip state dict,
     "clip": its CLIPConfig dict or None}``; loaded before injection."""
-    cfg = _plain(model_cfg)
+    cfg = to_plain(model_cfg)
     clip_cfg = cfg.get("clip") or {}
     if init_state is not None:
         # The checkpoint's own config: head counts cannot be read off the weights, and guessing
@@ -76,10 +77,13 @@ def build_model(model_cfg: Mapping, vocab_size: Optional[int] = None,
             {k[5:]: v for k, v in init_state["model"].items() if k.startswith("clip.")}))
         init_from_clip = False
     elif clip_cfg.get("pretrained"):
-        clip = load_clip(clip_cfg["pretrained"], cache_dir=clip_cfg.get("cache_dir"))
+        clip = load_clip(clip_cfg["pretrained"], cache_dir=clip_cfg.get("cache_dir"),
+                         activation=clip_cfg.get("activation"))
         init_from_clip = cfg.get("init_head_from_clip", True)
     elif clip_cfg.get("arch"):
         arch = dict(clip_cfg["arch"])
+        if clip_cfg.get("activation"):
+            arch["activation"] = clip_cfg["activation"]
         if vocab_size is not None:
             arch["vocab_size"] = vocab_size
         clip = CLIP(CLIPConfig.from_dict(arch))
@@ -121,7 +125,7 @@ def _load_init_state(model: CLIP4Clip, init_state: Mapping, where: Optional[str]
 def apply_adapters(model: CLIP4Clip, adapter_cfg: Optional[Mapping]) -> Optional[dict]:
     """Inject AIM adapters / text LoRA and freeze the rest as ``adapter`` config says.
     Returns the parameter summary, or None for ``adapter.name: none``."""
-    cfg = _plain(adapter_cfg)
+    cfg = to_plain(adapter_cfg)
     if not cfg or cfg.get("name", "none") == "none":
         return None
     import adapters  # only needed when adapters are configured
@@ -144,7 +148,7 @@ def model_args(model: CLIP4Clip, model_cfg: Mapping, adapter_cfg: Optional[Mappi
     """What is needed to rebuild the architecture without the pretrained file (nanoGPT-style)."""
     name, kwargs = head_kwargs(model_cfg)
     return {"clip": model.clip.config.to_dict(), "head": name, "head_kwargs": kwargs,
-            "adapter": _plain(adapter_cfg) or {"name": "none"}}
+            "adapter": to_plain(adapter_cfg) or {"name": "none"}}
 
 
 def model_from_args(args: Mapping, state_dict: Optional[Mapping] = None, where: Optional[str] = None) -> CLIP4Clip:
@@ -152,8 +156,7 @@ def model_from_args(args: Mapping, state_dict: Optional[Mapping] = None, where: 
     ``state_dict`` strictly. Trainable-only checkpoints need the base weights: see
     ``load_model_from_checkpoint``."""
     clip = CLIP(CLIPConfig.from_dict(args["clip"]))
-    head = build_head(args["head"], clip.embed_dim, **dict(args.get("head_kwargs") or {}))
-    model = CLIP4Clip(clip, head)
+    model = CLIP4Clip.from_clip(clip, args["head"], init_head_from_clip=False, **dict(args.get("head_kwargs") or {}))
     apply_adapters(model, args.get("adapter"))
     if state_dict is not None:
         load_state_checked(model, state_dict, f"{where or 'checkpoint'} (a {args['head']} model as its "
@@ -161,55 +164,5 @@ def model_from_args(args: Mapping, state_dict: Optional[Mapping] = None, where: 
     return model
 
 
-def init_state(model_cfg: Mapping) -> Optional[dict]:
-    """``{"model": full state dict, "clip": CLIPConfig dict}`` of ``model.init_checkpoint`` (one
-    of our checkpoints), if any."""
-    path = _plain(model_cfg).get("init_checkpoint")
-    if not path:
-        return None
-    from .engine.checkpoint import load_checkpoint  # local: the model package never needs it
-    ckpt = load_checkpoint(path)
-    if ckpt.get("weights") == "trainable":
-        raise ValueError(f"model.init_checkpoint={path} holds only adapter weights; start from a full checkpoint")
-    return {"model": ckpt["model"], "clip": (ckpt.get("model_args") or {}).get("clip"), "path": str(path)}
-
-
-def init_tokenizer_state(model_cfg: Mapping) -> Optional[dict]:
-    """The word vocabulary of ``model.init_checkpoint``: a model continues with its own tokens."""
-    path = _plain(model_cfg).get("init_checkpoint")
-    if not path:
-        return None
-    from .engine.checkpoint import load_checkpoint
-    state = load_checkpoint(path).get("tokenizer")
-    return state if state and state.get("kind") != "clip" else None
-
-
-def load_model_from_checkpoint(ckpt: Mapping, where: Optional[str] = None) -> CLIP4Clip:
-    """Rebuild the model of one of our checkpoints. Full checkpoints need nothing else;
-    trainable-only ones (``weights: trainable``) first load the base CLIP their config names.
-    ``where`` (the file) is named in errors."""
-    where = where or "checkpoint"
-    try:
-        return _model_from_checkpoint(ckpt, where)
-    except (KeyError, TypeError, AttributeError) as e:  # a dict of ours with a field lost or mangled
-        raise ValueError(f"{where}: a checkpoint of this framework with a missing or malformed field "
-                         f"({type(e).__name__}: {e}); expected 'model_args', 'model' and 'config' as written "
-                         "by train.py") from e
-
-
-def _model_from_checkpoint(ckpt: Mapping, where: str) -> CLIP4Clip:
-    if ckpt.get("weights") == "trainable":
-        import adapters
-        mcfg = ckpt["config"]["model"]
-        model = build_model(mcfg, vocab_size=ckpt["model_args"]["clip"]["vocab_size"],
-                            adapter_cfg=ckpt["model_args"].get("adapter"), init_state=init_state(mcfg))
-        if model.clip.config.to_dict() != dict(ckpt["model_args"]["clip"]):
-            raise ValueError("the base CLIP named in this adapter checkpoint's config "
-                             f"({ckpt['config']['model']['clip']}) is not the one it was trained on")
-        adapters.load_trainable_state_dict(model, ckpt["model"])
-        return model
-    return model_from_args(ckpt["model_args"], ckpt["model"], where)
-
-
-__all__ = ["build_model", "apply_adapters", "load_model_from_checkpoint", "build_tokenizer", "tokenizer_state", "model_args", "model_from_args",
+__all__ = ["build_model", "apply_adapters", "build_tokenizer", "tokenizer_state", "model_args", "model_from_args",
            "clip_from_state_dict"]

@@ -7,15 +7,13 @@ distributed training live elsewhere.
 """
 from __future__ import annotations
 
-import os
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 
-from .checkpoints import load_state_checked
-from .clip import CLIP, clip_from_state_dict
-from .heads import HEADS, Head, build_head, l2_normalize
+from .clip import CLIP
+from .heads import DEFAULT_HEAD, Head, build_head, l2_normalize
 from .loss import contrastive_loss
 
 # Maximum log logit scale: CLIP clamps logit_scale.exp() at 100.
@@ -121,72 +119,13 @@ class CLIP4Clip(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_clip(cls, clip: CLIP, head: str = "meanP", init_head_from_clip: bool = True,
+    def from_clip(cls, clip: CLIP, head: str = DEFAULT_HEAD, init_head_from_clip: bool = True,
                   **head_kwargs) -> "CLIP4Clip":
-        """Wrap a (pretrained) CLIP with a new head, initialised from the CLIP weights where
-        the head knows how (seqTransf/frameweight/tightTransf copy the text tower, as CLIP4Clip)."""
+        """Wrap a CLIP with a head: the one way a model is put together (new runs, our
+        checkpoints and official ones alike). With ``init_head_from_clip`` the head is
+        initialised from the CLIP weights where it knows how (seqTransf/frameweight/tightTransf
+        copy the text tower, as CLIP4Clip); loaders pass False and then load the head's weights."""
         head_module = build_head(head, clip.embed_dim, **head_kwargs)
         if init_head_from_clip:
             head_module.init_from_clip(clip.state_dict())
         return cls(clip, head_module)
-
-    @classmethod
-    def from_official_checkpoint(cls, path: Union[str, os.PathLike, Mapping], where: Optional[str] = None,
-                                 **head_kwargs) -> "CLIP4Clip":
-        """Load a checkpoint written by the official CLIP4Clip trainer (``pytorch_model.bin.N``:
-        CLIP under ``clip.`` in float16, heads in float32). The head is detected from the keys:
-        ``transformerClip.*`` -> seqTransf, ``lstm_visual.*`` -> seqLSTM, ``cross.*`` /
-        ``similarity_dense.*`` -> tightTransf, none -> meanP."""
-        sd = path if isinstance(path, Mapping) else _read_checkpoint(path)
-        where = where or ("checkpoint" if isinstance(path, Mapping) else str(path))
-        odd = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-        if odd:
-            raise ValueError(f"{where}: keys {odd[:5]} hold no tensor; expected a state dict of tensors")
-        clip_sd = {k[len("clip."):]: v.float() if torch.is_floating_point(v) else v
-                   for k, v in sd.items() if k.startswith("clip.")}
-        rest = {k: v for k, v in sd.items() if not k.startswith("clip.")}
-        if not clip_sd:
-            raise ValueError(f"{where} has no 'clip.*' keys: not an official CLIP4Clip checkpoint "
-                             f"(first keys: {sorted(sd)[:5]})")
-        head_name = detect_official_head(rest)
-        head_cls = HEADS[head_name]
-        kwargs = {**head_cls.official_kwargs(rest), **head_kwargs}
-        try:
-            clip = clip_from_state_dict({k: v for k, v in clip_sd.items()
-                                         if k not in ("input_resolution", "context_length", "vocab_size")})
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"{where}: the 'clip.*' weights do not form a CLIP model: {e}") from e
-        head = build_head(head_name, clip.embed_dim, **kwargs)
-        converted = head.convert_official(rest)
-        used = _official_keys_used(head, rest)
-        unknown = sorted(set(rest) - used)
-        if unknown:
-            raise ValueError(f"{where}: unexpected keys for a {head_name} checkpoint: {unknown}")
-        load_state_checked(head, {k: v.float() for k, v in converted.items()}, f"{where} ({head_name} head)")
-        return cls(clip, head)
-
-
-def detect_official_head(non_clip_sd: Mapping[str, torch.Tensor]) -> str:
-    """Which CLIP4Clip head wrote these non-CLIP keys ('meanP' when there are none)."""
-    for name, head_cls in HEADS.items():
-        if head_cls.official_prefixes and any(k.startswith(head_cls.official_prefixes) for k in non_clip_sd):
-            return name
-    return "meanP"
-
-
-def _official_keys_used(head: Head, non_clip_sd: Mapping) -> set:
-    ignored = set(getattr(head, "ignored_official_keys", lambda: ())())
-    prefixes = type(head).official_prefixes
-    used = {k for k in non_clip_sd if prefixes and k.startswith(prefixes)}
-    if "frame_position_embeddings.weight" in non_clip_sd and hasattr(head, "frame_position_embeddings"):
-        used.add("frame_position_embeddings.weight")
-    return used | (ignored & set(non_clip_sd))
-
-
-def _read_checkpoint(path) -> Dict[str, torch.Tensor]:
-    from .checkpoints import read_torch_file  # never runs code from the file
-
-    sd = read_torch_file(path, "CLIP4Clip checkpoint")
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (got {type(sd).__name__})")
-    return dict(sd)

@@ -34,7 +34,6 @@ __all__ = [
     "BPE_VOCAB_URL",
     "ClipTokenizer",
     "WordTokenizer",
-    "build_tokenizer",
     "bytes_to_unicode",
     "resolve_bpe_vocab",
 ]
@@ -535,19 +534,3 @@ class WordTokenizer(_Tokenizer):
         if not isinstance(words, list):
             raise ValueError(f"WordTokenizer state 'words' must be a list, got {type(words).__name__}")
         return cls(words)
-
-
-def build_tokenizer(kind: str, **kwargs) -> ClipTokenizer | WordTokenizer:
-    """Tokenizer by name.
-
-    ``"clip"``: ``ClipTokenizer(vocab_path=..., cache_dir=...)``.
-    ``"word"``: ``WordTokenizer.build(texts, min_freq=...)`` when ``texts`` is given, else
-    ``WordTokenizer.from_state_dict(state_dict)``.
-    """
-    if kind == "clip":
-        return ClipTokenizer(**kwargs)
-    if kind == "word":
-        if "state_dict" in kwargs:
-            return WordTokenizer.from_state_dict(kwargs.pop("state_dict"), **kwargs)
-        return WordTokenizer.build(**kwargs)
-    raise ValueError(f"unknown tokenizer kind {kind!r}, expected 'clip' or 'word'")

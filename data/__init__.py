@@ -1,10 +1,13 @@
-"""Data layer: MSR-VTT / MSVD datasets, keyframe selection, frame caches, CLIP preprocessing,
-synthetic data."""
+"""Data layer: the MSR-VTT, MSVD, DiDeMo, ActivityNet Captions and LSMDC readers, frame sampling
+and keyframe selection, frame caches, CLIP preprocessing, synthetic data."""
 
 from .base import EmptySplitError, MissingDataError, MissingVideosWarning, SplitVideos, UnreadableVideosError, VideoTextDataset
+from .activitynet import ActivityNetDataset
 from .collate import BrokenVideoWarning, collate_fn
+from .didemo import DiDeMoDataset
 from .frame_store import FrameStore, default_cache_dir
 from .keyframes import SCHEMES, KeyframeParams, Keyframes, select_keyframes
+from .lsmdc import LSMDCDataset
 from .msrvtt import MSRVTTDataset
 from .msvd import MSVDDataset
 from .safe_pickle import UnsafePickleError, load_plain_pickle
@@ -17,6 +20,7 @@ from .transforms import (
     clip_resize_crop,
     normalize_uint8,
     normalize_uint8_numpy,
+    pack_clip,
     resize_shorter_side,
 )
 from .video import (
@@ -31,6 +35,9 @@ from .video import (
 )
 
 __all__ = [
+    "ActivityNetDataset",
+    "DiDeMoDataset",
+    "LSMDCDataset",
     "BrokenVideoWarning",
     "CLIP_MEAN",
     "CLIP_STD",
@@ -63,6 +70,7 @@ __all__ = [
     "load_plain_pickle",
     "normalize_uint8",
     "normalize_uint8_numpy",
+    "pack_clip",
     "probe_video",
     "read_frames",
     "resize_shorter_side",

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from .frame_cache import FrameCache
 from .frame_store import FrameStore, default_cache_dir
 from .keyframes import KeyframeParams, select_keyframes
-from .transforms import clip_resize_crop, normalize_uint8_numpy
+from .transforms import clip_resize_crop, pack_clip
 from .video import FRAME_ORDERS, VideoReadError, check_readable
 
 __all__ = [
@@ -167,15 +167,19 @@ class VideoTextDataset(Dataset):
 
     Args (subclasses take the same keywords):
         root: dataset folder. split: "train", "val" or "test".
+        sampling: the frame sampling (``data.keyframes.KeyframeParams``: scheme, max_frames,
+            fps, slice_framepos, maxdiff step/blur), e.g. ``KeyframeParams.from_config(cfg, split)``;
+            None = its defaults. Any of its fields may also be given by keyword on top
+            (``fps=``, ``max_frames=``, ``slice_framepos=``, ``keyframes=`` for the scheme,
+            ``maxdiff_step=``, ``maxdiff_blur=``).
         caption_mode: train only: "random" (one item per video, a caption drawn per epoch, see
-            ``set_epoch``) or "all" (one item per video-caption pair). Val/test: every caption.
-        fps, max_frames, slice_framepos: uniform sampling (``data.video.sample_frame_indices``).
+            ``set_epoch``) or "all" (one item per video-caption pair); None = the dataset's
+            ``default_caption_mode``. Val/test: every caption.
         frame_order: "normal", "reverse" or "random" (a permutation per item and epoch).
         image_size: side S of the model input (shorter side resized, bicubic, centre crop).
         seed: seeds caption draws and random frame orders (with the epoch and the item index).
         normalize: True: ``video`` is CLIP-normalised float32; False: uint8 (normalise on the
             GPU with ``data.transforms.normalize_uint8``; 4x less to copy).
-        keyframes: "uniform" or "maxdiff" (``data.keyframes``); maxdiff_step, maxdiff_blur: its options.
         frame_cache: "auto" (read the disk cache when one exists), True/"require" (it must), or
             False/"off" (always decode). frame_cache_dir: the cache folder; None =
             ``<root>/frames/<keyframes>-<frame_cache_size>``. frame_cache_format: "auto", "npy", "jpeg".
@@ -197,23 +201,22 @@ class VideoTextDataset(Dataset):
 
     dataset_name = "dataset"
 
+    #: Caption mode of the train split when none is given (MSVD and the paragraph datasets:
+    #: every pair, as CLIP4Clip trains them).
+    default_caption_mode = "random"
+
     def __init__(
         self,
         root: str | os.PathLike,
         split: str,
         *,
         video_dir: str,
-        caption_mode: str = "random",
-        fps: float = 1.0,
-        max_frames: int = 12,
-        slice_framepos: str = "uniform",
+        sampling: KeyframeParams | None = None,
+        caption_mode: str | None = None,
         frame_order: str = "normal",
         image_size: int = 224,
         seed: int = 0,
         normalize: bool = True,
-        keyframes: str = "uniform",
-        maxdiff_step: int = 1,
-        maxdiff_blur: int = 9,
         frame_cache: bool | str = "auto",
         frame_cache_dir: str | os.PathLike | None = None,
         frame_cache_size: int = 224,
@@ -224,30 +227,26 @@ class VideoTextDataset(Dataset):
         allow_missing: bool = False,
         verify: bool | None = None,
         progress: bool = True,
+        **sampling_fields,
     ):
+        caption_mode = caption_mode or self.default_caption_mode
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
         if caption_mode not in _CAPTION_MODES:
             raise ValueError(f"caption_mode must be one of {_CAPTION_MODES}, got {caption_mode!r}")
         if frame_order not in FRAME_ORDERS:
             raise ValueError(f"frame_order must be one of {FRAME_ORDERS}, got {frame_order!r}")
-        if not isinstance(max_frames, int) or max_frames < 1:
-            raise ValueError(f"max_frames must be a positive int (items are padded to it), got {max_frames!r}")
-        if not fps > 0:
-            raise ValueError(f"fps must be > 0, got {fps!r}")
         key = frame_cache.lower() if isinstance(frame_cache, str) else frame_cache
         if key not in _CACHE_USE:
             raise ValueError(f"frame_cache={frame_cache!r}; expected auto, true (require) or false (off)")
-        # Validates scheme, slice_framepos, step and blur with messages naming them.
-        self.keyframe_params = KeyframeParams(
-            scheme=keyframes, max_frames=max_frames, fps=float(fps), slice_framepos=slice_framepos,
-            step=int(maxdiff_step), blur=int(maxdiff_blur),
-        )
+        # The one frame-sampling value (``KeyframeParams``): ``sampling`` as given, with any of
+        # its fields passed by keyword (fps=, max_frames=, keyframes=, ...) on top. It validates
+        # every field with a message naming it.
+        self.sampling = KeyframeParams.build(sampling, **sampling_fields)
 
         self.root = Path(root)
         self.split = split
         self.caption_mode = caption_mode if split == "train" else "all"
-        self.fps, self.max_frames, self.slice_framepos = fps, max_frames, slice_framepos
         self.frame_order, self.image_size, self.seed, self.normalize = frame_order, image_size, seed, normalize
         self.video_dir = self.root / video_dir
         self.skip_broken, self.allow_missing = skip_broken, allow_missing
@@ -287,6 +286,23 @@ class VideoTextDataset(Dataset):
             raise EmptySplitError(
                 f"{self.dataset_name} split {self.split!r} under {self.root} has no items left: all "
                 f"{len(self.missing_reasons)} of its videos are missing or unreadable", self.missing_reasons)
+
+    @property
+    def keyframe_params(self) -> KeyframeParams:
+        """The frame sampling (same object as ``sampling``; the frame cache compares it)."""
+        return self.sampling
+
+    @property
+    def max_frames(self) -> int:
+        return self.sampling.max_frames
+
+    @property
+    def fps(self) -> float:
+        return self.sampling.fps
+
+    @property
+    def slice_framepos(self) -> str:
+        return self.sampling.slice_framepos
 
     # ------------------------------------------------------------------------------------------
     # For subclasses
@@ -490,24 +506,13 @@ class VideoTextDataset(Dataset):
 
     def _pack(self, raw: np.ndarray, rng_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 [T, h, w, 3] -> (video [max_frames, 3, S, S], video_mask int64 [max_frames])."""
-        frames = clip_resize_crop(np.ascontiguousarray(raw), self.image_size)  # uint8 [T, S, S, 3]
-        frames = frames[: self.max_frames]
+        t = min(len(raw), self.max_frames)
+        order = None
         if self.frame_order == "reverse":
-            frames = frames[::-1]
+            order = np.arange(t)[::-1]
         elif self.frame_order == "random":
-            frames = frames[self._rng(rng_index, 1).permutation(len(frames))]
-        t, s = len(frames), self.image_size
-        chw = frames.transpose(0, 3, 1, 2)
-        # numpy, not torch, for the arithmetic: single-threaded, so a busy main process
-        # (num_workers=0) does not pay for torch's intra-op thread pool contending for cores.
-        video = np.zeros((self.max_frames, 3, s, s), dtype=np.float32 if self.normalize else np.uint8)
-        if self.normalize:
-            normalize_uint8_numpy(chw, out=video[:t])
-        else:
-            video[:t] = chw
-        mask = torch.zeros(self.max_frames, dtype=torch.int64)
-        mask[:t] = 1
-        return torch.from_numpy(video), mask
+            order = self._rng(rng_index, 1).permutation(t)
+        return pack_clip(raw, self.max_frames, self.image_size, self.normalize, order)
 
     def _frames_or_broken(self, video_id: str) -> np.ndarray | str:
         try:

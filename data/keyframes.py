@@ -34,6 +34,8 @@ import cv2
 import numpy as np
 
 from .video import (
+    DEFAULT_MAX_FRAMES,
+    FRAME_RULES,
     SLICE_FRAMEPOS,
     VideoReadError,
     VideoTruncatedWarning,
@@ -51,17 +53,20 @@ class KeyframeParams:
     """How keyframes are chosen.
 
     scheme: "uniform" or "maxdiff". max_frames: frames kept (>= 1).
-    uniform only: fps (candidates per second of video), slice_framepos (head/tail/uniform).
+    uniform only: fps (candidates per second of video), slice_framepos (head/tail/uniform),
+    rule: "exact" (time-based) or "official" (CLIP4Clip's frame indices, which every published
+    table used; ``data.video.sample_frame_indices``).
     maxdiff only: step (evaluate every step-th frame, >= 1), blur (odd Gaussian kernel side in
     pixels of the source frame; 0 or 1 = no blur).
     """
 
     scheme: str = "uniform"
-    max_frames: int = 12
+    max_frames: int = DEFAULT_MAX_FRAMES
     fps: float = 1.0
     slice_framepos: str = "uniform"
     step: int = 1
     blur: int = 9
+    rule: str = "exact"
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -72,16 +77,55 @@ class KeyframeParams:
             raise ValueError(f"fps must be a positive number, got {self.fps!r}")
         if self.slice_framepos not in SLICE_FRAMEPOS:
             raise ValueError(f"slice_framepos must be one of {SLICE_FRAMEPOS}, got {self.slice_framepos!r}")
+        if self.rule not in FRAME_RULES:
+            raise ValueError(f"frame_rule={self.rule!r}; expected one of {FRAME_RULES}")
+        if self.rule == "official" and self.scheme == "uniform" and self.fps != int(self.fps):
+            # Refused here, before any work, rather than at the first video decoded.
+            raise ValueError(f"fps={self.fps} with frame_rule=official: CLIP4Clip samples a whole number of "
+                             "frames per second; use an integer dataset.fps or dataset.frame_rule=exact")
         if not isinstance(self.step, int) or self.step < 1:
             raise ValueError(f"maxdiff step must be an int >= 1, got {self.step!r}")
         if not isinstance(self.blur, int) or self.blur < 0 or (self.blur > 1 and self.blur % 2 == 0):
             raise ValueError(f"maxdiff blur must be 0, 1 or an odd kernel side in pixels, got {self.blur!r}")
 
+    #: Dataset-config / keyword names -> field names (``keyframes`` is the scheme; the maxdiff
+    #: options live under ``maxdiff`` in the config).
+    ALIASES = {"keyframes": "scheme", "maxdiff_step": "step", "maxdiff_blur": "blur", "frame_rule": "rule"}
+
+    @classmethod
+    def build(cls, base: "KeyframeParams | None" = None, **fields) -> "KeyframeParams":
+        """``base`` (default: the class defaults) with the given fields replaced; ``None`` values
+        are ignored, alias names (``keyframes``, ``maxdiff_step``, ``maxdiff_blur``) accepted.
+        Unknown names raise TypeError naming them."""
+        names = set(cls.__dataclass_fields__)
+        given = {cls.ALIASES.get(k, k): v for k, v in fields.items() if v is not None}
+        unknown = sorted(set(given) - names)
+        if unknown:
+            raise TypeError(f"unknown frame-sampling option(s) {unknown}; expected {sorted(names | set(cls.ALIASES))}")
+        current = asdict(base) if base is not None else {}
+        return cls(**{**current, **given})
+
+    @classmethod
+    def from_config(cls, cfg, split: str = "train") -> "KeyframeParams":
+        """The sampling of ``split`` from a ``dataset`` config (plain mapping or OmegaConf): the one
+        place config values become frame sampling, for datasets, extraction and search alike.
+        ``keyframes`` is the train scheme, ``eval_keyframes`` that of val/test (two values, so a
+        train x test comparison is one sweep); keys that are absent take the class defaults."""
+        get = cfg.get
+        scheme = get("keyframes") if split == "train" else (get("eval_keyframes") or get("keyframes"))
+        md = get("maxdiff") or {}
+        fps = get("fps")
+        return cls.build(scheme=scheme, max_frames=get("max_frames"), fps=None if fps is None else float(fps),
+                         slice_framepos=get("slice_framepos"), step=md.get("step"), blur=md.get("blur"),
+                         rule=get("frame_rule"))
+
     def relevant(self) -> dict:
         """The fields that change the selected frames for this scheme (stored in cache manifests,
         compared when a cache is reused; fields of the other scheme are irrelevant)."""
         d = asdict(self)
-        drop = ("step", "blur") if self.scheme == "uniform" else ("fps", "slice_framepos")
+        drop = ("step", "blur") if self.scheme == "uniform" else ("fps", "slice_framepos", "rule")
+        if d["rule"] == "exact":
+            drop += ("rule",)  # caches extracted before the rule existed used the exact rule
         return {k: v for k, v in d.items() if k not in drop}
 
 
@@ -178,7 +222,7 @@ def select_keyframes(path: str | os.PathLike, params: KeyframeParams) -> Keyfram
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if params.scheme == "uniform":
-            s = sample_video(path, params.fps, params.max_frames, params.slice_framepos)
+            s = sample_video(path, params.fps, params.max_frames, params.slice_framepos, params.rule)
             kf = Keyframes(s.frames, s.indices, s.video_fps, s.num_frames)
         else:
             kf = _select_maxdiff(path, params)

@@ -133,11 +133,9 @@ class MSRVTTDataset(VideoTextDataset):
         split: "train", "val" or "test".
         train_csv: CSV naming the train videos ("MSRVTT_train.9k.csv" or "MSRVTT_train.7k.csv").
         video_dir: folder of the videos, relative to root (or absolute).
-        caption_mode, fps, max_frames, slice_framepos, frame_order, image_size, seed: see
-            ``data.base.VideoTextDataset``.
         data_json, test_csv, val_csv: file names under root.
-        **options: keyword options of ``VideoTextDataset`` (normalize, keyframes, frame_cache,
-            cache_frames, skip_broken, allow_missing, verify, ...).
+        **options: keyword options of ``VideoTextDataset`` (sampling or its fields, caption_mode,
+            image_size, seed, normalize, frame_cache, cache_frames, skip_broken, allow_missing, ...).
 
     Items and the evaluation interface: see ``data.base.VideoTextDataset``. Val/test items are
     the CSV rows (one caption each).
@@ -149,26 +147,16 @@ class MSRVTTDataset(VideoTextDataset):
         self,
         root: str | os.PathLike,
         split: str = "train",
+        *,
         train_csv: str = "MSRVTT_train.9k.csv",
         video_dir: str = "videos",
-        caption_mode: str = "random",
-        fps: float = 1.0,
-        max_frames: int = 12,
-        slice_framepos: str = "uniform",
-        frame_order: str = "normal",
-        image_size: int = 224,
-        seed: int = 0,
-        *,
         data_json: str = "MSRVTT_data.json",
         test_csv: str = "MSRVTT_JSFUSION_test.csv",
         val_csv: str = "MSRVTT_val.csv",
         **options,
     ):
         self._files = {"train": train_csv, "val": val_csv, "test": test_csv, "json": data_json}
-        super().__init__(
-            root, split, video_dir=video_dir, caption_mode=caption_mode, fps=fps, max_frames=max_frames,
-            slice_framepos=slice_framepos, frame_order=frame_order, image_size=image_size, seed=seed, **options,
-        )
+        super().__init__(root, split, video_dir=video_dir, **options)
 
     def _load_index(self) -> SplitIndex:
         csv_name = self._files[self.split]

@@ -71,35 +71,25 @@ class MSVDDataset(VideoTextDataset):
         root: dataset folder (layout in the module docstring).
         split: "train", "val" or "test".
         video_dir: folder of the videos, relative to root (or absolute).
-        caption_mode, fps, max_frames, slice_framepos, frame_order, image_size, seed: see
-            ``data.base.VideoTextDataset``.
         captions_file: the pickle of captions, under root.
         **options: keyword options of ``VideoTextDataset``.
     """
 
     dataset_name = "MSVD"
 
+    default_caption_mode = "all"
+
     def __init__(
         self,
         root: str | os.PathLike,
         split: str = "train",
-        video_dir: str = "YouTubeClips",
-        caption_mode: str = "all",
-        fps: float = 1.0,
-        max_frames: int = 12,
-        slice_framepos: str = "uniform",
-        frame_order: str = "normal",
-        image_size: int = 224,
-        seed: int = 0,
         *,
+        video_dir: str = "YouTubeClips",
         captions_file: str = "raw-captions.pkl",
         **options,
     ):
         self._captions_file = captions_file
-        super().__init__(
-            root, split, video_dir=video_dir, caption_mode=caption_mode, fps=fps, max_frames=max_frames,
-            slice_framepos=slice_framepos, frame_order=frame_order, image_size=image_size, seed=seed, **options,
-        )
+        super().__init__(root, split, video_dir=video_dir, **options)
 
     def _load_index(self) -> SplitIndex:
         list_path = self.root / _LIST_FILES[self.split]

@@ -24,6 +24,7 @@ __all__ = [
     "clip_resize_crop",
     "normalize_uint8",
     "normalize_uint8_numpy",
+    "pack_clip",
     "resize_shorter_side",
 ]
 
@@ -125,3 +126,30 @@ def clip_preprocess(frames: np.ndarray, size: int = 224) -> torch.Tensor:
     """CLIP preprocessing of video frames: uint8 RGB [T, H, W, 3] -> float32 tensor [T, 3, size, size]."""
     chw = clip_resize_crop(frames, size).transpose(0, 3, 1, 2)
     return torch.from_numpy(normalize_uint8_numpy(chw))
+
+
+def pack_clip(frames: np.ndarray, max_frames: int, size: int, normalize: bool = True,
+              order: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A video's frames as the model input, the same for training, evaluation and search.
+
+    frames: uint8 [T, h, w, 3] RGB (any T >= 1; frames past ``max_frames`` are dropped).
+    order: optional permutation of the kept frames (frame-order experiments), applied after
+        the cut to ``max_frames``.
+    Returns (video [max_frames, 3, S, S]: CLIP-normalised float32, or uint8 with
+    ``normalize=False``, zero after the real frames; video_mask int64 [max_frames], 1 = real).
+    """
+    kept = clip_resize_crop(np.ascontiguousarray(frames), size)[:max_frames]  # uint8 [T, S, S, 3]
+    if order is not None:
+        kept = kept[order]
+    t = len(kept)
+    chw = kept.transpose(0, 3, 1, 2)
+    # numpy, not torch, for the arithmetic: single-threaded, so a busy main process
+    # (num_workers=0) does not pay for torch's intra-op thread pool contending for cores.
+    video = np.zeros((max_frames, 3, size, size), dtype=np.float32 if normalize else np.uint8)
+    if normalize:
+        normalize_uint8_numpy(chw, out=video[:t])
+    else:
+        video[:t] = chw
+    mask = torch.zeros(max_frames, dtype=torch.int64)
+    mask[:t] = 1
+    return torch.from_numpy(video), mask

@@ -3,7 +3,9 @@
 Frame sampling follows CLIP4Clip's extractor: candidate frames are taken at ``fps`` frames per
 second of video (with ``fps=1`` the first frame of every second), and when there are more
 candidates than ``max_frames`` they are cut down to the first (``head``), last (``tail``) or an
-evenly spread (``uniform``) subset.
+evenly spread (``uniform``) subset. ``sample_frame_indices(rule="official")`` reproduces the
+official code's integer arithmetic instead (int fps, truncated linspace), which differs for
+fractional frame rates such as 29.97.
 
 Decoding is one sequential pass: ``grab()`` for every frame (it advances the demuxer/decoder but
 skips the colour conversion and the copy into a numpy array) and ``retrieve()`` only for the
@@ -34,6 +36,7 @@ from . import seeking
 __all__ = [
     "ASSUMED_FPS",
     "FRAME_ORDERS",
+    "FRAME_RULES",
     "SLICE_FRAMEPOS",
     "SampledVideo",
     "VideoInfo",
@@ -65,6 +68,12 @@ cv2.setNumThreads(1)
 
 SLICE_FRAMEPOS = ("head", "tail", "uniform")
 FRAME_ORDERS = ("normal", "reverse", "random")
+#: Frames per clip when nothing says otherwise (CLIP4Clip's 12): the one place this default is
+#: written; ``KeyframeParams`` and the sampling functions take it from here.
+DEFAULT_MAX_FRAMES = 12
+
+#: ``sample_frame_indices`` rules: "exact" (time-based) or "official" (CLIP4Clip's own indices).
+FRAME_RULES = ("exact", "official")
 
 
 class VideoReadError(RuntimeError):
@@ -116,22 +125,34 @@ def sample_frame_indices(
     num_frames: int,
     video_fps: float,
     fps: float = 1.0,
-    max_frames: int | None = 12,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
     slice_framepos: str = "uniform",
+    *,
+    rule: str = "exact",
 ) -> np.ndarray:
     """Indices of the frames to keep, in increasing order (int64 array of length <= max_frames).
 
-    Candidates are the first frame at or after each time ``j / fps`` seconds (j = 0, 1, ...)
-    that lies inside the video, i.e. ``ceil(j * video_fps / fps)`` for ``fps=1``: the first frame
-    of each second; for ``fps > 1``: ``fps`` frames evenly spread inside each second. If there
-    are more than ``max_frames`` candidates, ``slice_framepos`` chooses ``head`` (the first
-    ``max_frames``), ``tail`` (the last) or ``uniform`` (``np.linspace`` over the candidate
-    positions, rounded to the nearest; CLIP4Clip truncates instead, which can differ by one
-    candidate). ``max_frames=None`` keeps every candidate.
+    ``rule="exact"`` (default): candidates are the first frame at or after each time ``j / fps``
+    seconds (j = 0, 1, ...) that lies inside the video, i.e. ``ceil(j * video_fps / fps)`` for
+    ``fps=1``: the first frame of each second; for ``fps > 1``: ``fps`` frames evenly spread
+    inside each second. If there are more than ``max_frames`` candidates, ``slice_framepos``
+    chooses ``head`` (the first ``max_frames``), ``tail`` (the last) or ``uniform``
+    (``np.linspace`` over the candidate positions, rounded to the nearest).
+
+    ``rule="official"``: CLIP4Clip's own indices (``_official_candidates``): the frame rate is
+    truncated to an int, so a 29.97 fps video is read every 29 frames (10 s of it give 11
+    candidates where the exact rule gives 10), and ``uniform`` truncates the linspace positions
+    (``np.linspace(..., dtype=int)``), which can pick a candidate one earlier. ``fps`` must then
+    be a whole number of frames per second no larger than ``int(video_fps)`` (CLIP4Clip's
+    ``--feature_framerate`` is an int, and its extractor asserts the rest).
+
+    ``max_frames=None`` keeps every candidate.
 
     num_frames: frames in the video (>= 0). video_fps: the video's frame rate (> 0).
-    fps: sampling rate in frames per second of video (> 0).
+    fps: sampling rate in frames per second of video (> 0). rule: "exact" or "official".
     """
+    if rule not in FRAME_RULES:
+        raise ValueError(f"rule must be one of {FRAME_RULES} (frame sampling rule), got {rule!r}")
     if num_frames < 0:
         raise ValueError(f"num_frames must be >= 0, got {num_frames}")
     if not (video_fps > 0 and math.isfinite(video_fps)):
@@ -144,6 +165,15 @@ def sample_frame_indices(
         raise ValueError(f"slice_framepos must be one of {SLICE_FRAMEPOS}, got {slice_framepos!r}")
     if num_frames == 0:
         return np.zeros(0, dtype=np.int64)
+    if rule == "official":
+        cand = _official_candidates(int(num_frames), video_fps, fps)
+        if max_frames is None or len(cand) <= max_frames:
+            return cand
+        if slice_framepos == "head":
+            return cand[:max_frames]
+        if slice_framepos == "tail":
+            return cand[-max_frames:]
+        return cand[np.linspace(0, len(cand) - 1, num=max_frames, dtype=int)]
 
     step = video_fps / fps  # frames between two sample times
     num_times = int(math.ceil(num_frames / step))  # sample times j/fps with j*step < num_frames
@@ -161,6 +191,39 @@ def sample_frame_indices(
         return cand[-max_frames:]
     pos = np.round(np.linspace(0, len(cand) - 1, num=max_frames)).astype(np.int64)
     return cand[pos]
+
+
+def _official_candidates(num_frames: int, video_fps: float, fps: float) -> np.ndarray:
+    """The frames CLIP4Clip's ``RawVideoExtractorCV2.video_to_tensor`` reads (its
+    ``dataloaders/rawvideo_util.py``, whole video, ``sample_fp = fps``), as int64 indices.
+
+    It works in whole frames per second: ``f = int(video_fps)``, ``interval = f // sample_fp``
+    (1 if 0), in-second offsets ``range(0, f, interval)[:sample_fp]``, and for every second
+    ``sec`` in ``0 .. ceil(num_frames / f)`` reads frame ``sec * f + offset``, stopping at the
+    first read past the end. The indices increase, so that is every index below num_frames.
+    """
+    f = int(video_fps)
+    if f < 1:
+        raise ValueError(
+            f"rule='official' needs video_fps >= 1 (CLIP4Clip steps by int(fps) frames), got {video_fps}"
+        )
+    if not float(fps).is_integer():
+        raise ValueError(
+            f"rule='official' samples a whole number of frames per second (CLIP4Clip's "
+            f"--feature_framerate is an int), got fps={fps}"
+        )
+    sample_fp = int(fps)
+    interval = max(f // sample_fp, 1)
+    offsets = np.arange(0, f, interval)
+    if len(offsets) < sample_fp:  # CLIP4Clip: assert len(inds) >= sample_fp
+        raise ValueError(
+            f"rule='official' cannot take fps={sample_fp} frames per second from a {video_fps:g} fps video "
+            f"(at most int(video_fps) = {f})"
+        )
+    offsets = offsets[:sample_fp]
+    total_duration = (num_frames + f - 1) // f
+    cand = (np.arange(total_duration + 1)[:, None] * f + offsets[None, :]).reshape(-1)
+    return cand[cand < num_frames].astype(np.int64)
 
 
 def _sanitize_fps(reported: float) -> tuple[float, str | None]:
@@ -396,11 +459,12 @@ def check_readable(path: str | os.PathLike) -> None:
 def sample_video(
     path: str | os.PathLike,
     fps: float = 1.0,
-    max_frames: int | None = 12,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
     slice_framepos: str = "uniform",
+    rule: str = "exact",
 ) -> SampledVideo:
-    """Sample frames (see ``sample_frame_indices``) in one grab/retrieve pass; see ``read_frames``
-    for the robustness rules. Frames are in increasing time."""
+    """Sample frames (see ``sample_frame_indices``, ``rule`` included) in one grab/retrieve pass;
+    see ``read_frames`` for the robustness rules. Frames are in increasing time."""
     cap, video_fps, count, spath = open_video(path)
     try:
         reported = cap.get(cv2.CAP_PROP_FRAME_COUNT)
@@ -413,7 +477,7 @@ def sample_video(
             )
             if count == 0:
                 raise VideoReadError(spath, "no decodable frames")
-        idx = sample_frame_indices(count, video_fps, fps, max_frames, slice_framepos)
+        idx = sample_frame_indices(count, video_fps, fps, max_frames, slice_framepos, rule=rule)
         frames = _decode_with_seeks(cap, spath, idx, count)
         if frames is not None:
             decoded = None  # the packet scan counted the frames: the metadata is confirmed
@@ -439,7 +503,7 @@ def sample_video(
                 stacklevel=2,
             )
         count = decoded
-        idx = sample_frame_indices(decoded, video_fps, fps, max_frames, slice_framepos)
+        idx = sample_frame_indices(decoded, video_fps, fps, max_frames, slice_framepos, rule=rule)
         if not all(int(i) in frames for i in idx):
             cap = _open_checked(spath)
             try:
@@ -456,10 +520,11 @@ def sample_video(
 def read_frames(
     path: str | os.PathLike,
     fps: float = 1.0,
-    max_frames: int | None = 12,
+    max_frames: int | None = DEFAULT_MAX_FRAMES,
     slice_framepos: str = "uniform",
     frame_order: str = "normal",
     rng: np.random.Generator | None = None,
+    rule: str = "exact",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sample frames from a video file.
 
@@ -476,7 +541,7 @@ def read_frames(
     """
     if frame_order not in FRAME_ORDERS:
         raise ValueError(f"frame_order must be one of {FRAME_ORDERS}, got {frame_order!r}")
-    sampled = sample_video(path, fps, max_frames, slice_framepos)
+    sampled = sample_video(path, fps, max_frames, slice_framepos, rule)
     out, times = sampled.frames, sampled.timestamps
     if frame_order == "reverse":
         out, times = out[::-1], times[::-1]

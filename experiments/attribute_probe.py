@@ -26,7 +26,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from clip4clip.builder import build_model  # noqa: E402
-from clip4clip.engine.datasets import build_split, dataset_root  # noqa: E402
+from data.splits import build_split, dataset_root  # noqa: E402
 
 ATTRIBUTES = ("color", "shape", "background", "direction")
 

@@ -22,9 +22,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from clip4clip.builder import build_tokenizer, load_model_from_checkpoint  # noqa: E402
+from clip4clip.builder import build_tokenizer  # noqa: E402
+from clip4clip.checkpoints import load_model_from_checkpoint  # noqa: E402
 from clip4clip.engine.checkpoint import load_checkpoint  # noqa: E402
-from clip4clip.engine.datasets import build_split, dataset_root  # noqa: E402
+from data.splits import build_split, dataset_root  # noqa: E402
 from clip4clip.engine.evaluation import evaluate  # noqa: E402
 from data.synthetic_render import OPPOSITE, canonical_caption  # noqa: E402
 

@@ -335,7 +335,8 @@ def test_init_checkpoint_keeps_the_saved_head_count_so_adapters_start_from_the_s
     """A from-scratch model with 4 heads at width 64 (OpenAI's rule would say 1): the model
     rebuilt from ``model.init_checkpoint`` with zero-initialised AIM adapters must compute
     exactly what the checkpointed model computes."""
-    from clip4clip.builder import build_model, init_state, model_args
+    from clip4clip.builder import build_model, model_args
+    from clip4clip.checkpoints import read_init_checkpoint
     from clip4clip.engine.checkpoint import FORMAT, atomic_save
     arch = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_heads=4,
                 vision_patch_size=8, context_length=16, vocab_size=50, transformer_width=64,
@@ -347,7 +348,7 @@ def test_init_checkpoint_keeps_the_saved_head_count_so_adapters_start_from_the_s
                         "weights": "full"}, tmp_path / "base.pt")
     aim = {"name": "aim", "aim": {"num_frames": T, "temporal": True, "spatial": True, "joint": True}}
     staged = build_model({**mcfg, "init_checkpoint": str(path)}, adapter_cfg=aim,
-                         init_state=init_state({**mcfg, "init_checkpoint": str(path)})).eval()
+                         init_state=read_init_checkpoint({**mcfg, "init_checkpoint": str(path)})).eval()
     assert staged.clip.config.vision_heads == 4
     video, mask, _ = inputs()
     with torch.no_grad():

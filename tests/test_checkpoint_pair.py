@@ -152,17 +152,30 @@ def test_random_sigkills_end_with_the_uninterrupted_checkpoints_and_metrics(tmp_
         resume = [f"trainer.resume={out}"] if (out / "checkpoints" / "last.pt").exists() else []
         return [sys.executable, "train.py", *base, *resume, f"hydra.run.dir={out}"]
 
-    t0 = time.perf_counter()
-    subprocess.run(command(), cwd=REPO, env=env, capture_output=True, timeout=300, check=True)
-    duration = time.perf_counter() - t0  # a whole run, start-up included, on this machine
+    def training_started(proc, since_ns):
+        """Wait until the run has written its config.yaml (datasets and model are built then)."""
+        cfg = out / "config.yaml"
+        while proc.poll() is None:
+            if cfg.exists() and cfg.stat().st_mtime_ns > since_ns:
+                return time.perf_counter()
+            time.sleep(0.05)
+        return None
+
+    # An uninterrupted run in the same folder first, to time the training part on this machine.
+    proc = subprocess.Popen(command(), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = training_started(proc, 0)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and t0 is not None, err.decode()[-2000:]
+    span = time.perf_counter() - t0
     import shutil
     shutil.rmtree(out)
     rng = random.Random(1234)
     kills = 0
-    for _ in range(5):
+    for _ in range(6):
+        since = (out / "config.yaml").stat().st_mtime_ns if (out / "config.yaml").exists() else 0
         proc = subprocess.Popen(command(), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        # Most of a run's start-up is imports; aim the kills at the training part.
-        time.sleep(rng.uniform(0.45, 1.0) * duration)
+        if training_started(proc, since) is not None:
+            time.sleep(rng.uniform(0.0, 0.6) * span)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from clip4clip.engine.errors import user_errors
+from clip4clip.errors import user_errors
 from data import MSRVTTDataset, MSVDDataset, load_plain_pickle
 from data.msrvtt import _load_captions
 from data.msvd import load_msvd_captions

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clip4clip.engine.collate import TokenizeCollate
-from clip4clip.engine.datasets import build_split
+from data.splits import build_split
 from data import (
     BrokenVideoWarning,
     MissingDataError,

@@ -138,7 +138,7 @@ def test_cache_with_other_settings_is_refused_unless_overwrite(tmp_path):
 
 
 def test_cache_location_comes_from_the_dataset_config(tmp_path):
-    from clip4clip.engine.datasets import frame_cache_dir
+    from data.splits import frame_cache_dir
     assert frame_cache_dir({}, tmp_path, "maxdiff") == tmp_path / "frames" / "maxdiff-224"
     cfg = {"frame_cache": {"dir": str(tmp_path / "cache" / "{keyframes}-{size}px"), "size": 64}}
     assert frame_cache_dir(cfg, tmp_path, "uniform") == tmp_path / "cache" / "uniform-64px"

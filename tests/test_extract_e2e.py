@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from clip4clip.engine.datasets import build_split, split_keyframes
+from data.splits import build_split, split_sampling
 from clip4clip.engine.run import run_training
 from data.frame_store import load_manifest
 from data.toy_datasets import write_msrvtt_folder
@@ -32,7 +32,7 @@ def test_extract_then_train_on_maxdiff_and_test_on_uniform(root, tmp_path):
                  "trainer.batch_size=4", "trainer.eval_batch_size=4", "trainer.progress=false",
                  "trainer.threads=1", "trainer.num_workers=0", "trainer.tensorboard=false"]
     cfg = compose_cfg("train", overrides)
-    assert (split_keyframes(cfg.dataset, "train"), split_keyframes(cfg.dataset, "test")) == ("maxdiff", "uniform")
+    assert (split_sampling(cfg.dataset, "train").scheme, split_sampling(cfg.dataset, "test").scheme) == ("maxdiff", "uniform")
     metrics, objs = run_training(cfg)
     train_ds = objs["trainer"].train_loader.dataset
     assert train_ds.frame_store is not None and train_ds.frame_store.directory == root / "frames" / "maxdiff-48"

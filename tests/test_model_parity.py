@@ -2,16 +2,16 @@
 import pytest
 import torch
 
+from clip4clip.official import load_official_checkpoint
 from clip4clip.heads import MeanPooling, SeqLSTM, SeqTransf
 from clip4clip.loss import contrastive_loss
-from clip4clip.model import CLIP4Clip
 
 HEAD_CLASSES = {"meanP": MeanPooling, "seqTransf": SeqTransf, "seqLSTM": SeqLSTM}
 
 
 @pytest.mark.parametrize("head", ["meanP", "seqTransf", "seqLSTM"])
 def test_official_checkpoint_reproduces_official_outputs(reference_dir, head):
-    model = CLIP4Clip.from_official_checkpoint(reference_dir / f"clip4clip_{head}_official_ckpt.bin").eval()
+    model = load_official_checkpoint(reference_dir / f"clip4clip_{head}_official_ckpt.bin").eval()
     assert type(model.head) is HEAD_CLASSES[head]
     g = torch.load(reference_dir / f"clip4clip_{head}_golden.pt", weights_only=False)
     with torch.no_grad():
@@ -26,7 +26,7 @@ def test_official_checkpoint_reproduces_official_outputs(reference_dir, head):
 
 
 def test_seqtransf_block_count_read_from_checkpoint(reference_dir):
-    model = CLIP4Clip.from_official_checkpoint(reference_dir / "clip4clip_seqTransf_official_ckpt.bin")
+    model = load_official_checkpoint(reference_dir / "clip4clip_seqTransf_official_ckpt.bin")
     assert len(model.head.transformer.resblocks) == 4
 
 
@@ -34,27 +34,27 @@ def test_unknown_keys_are_listed(reference_dir):
     sd = torch.load(reference_dir / "clip4clip_meanP_official_ckpt.bin", weights_only=True)
     sd["mystery.weight"] = torch.zeros(3)
     with pytest.raises(ValueError, match="mystery.weight"):
-        CLIP4Clip.from_official_checkpoint(sd)
+        load_official_checkpoint(sd)
 
 
 def test_missing_head_keys_are_listed(reference_dir):
     sd = torch.load(reference_dir / "clip4clip_seqTransf_official_ckpt.bin", weights_only=True)
     del sd["transformerClip.resblocks.3.ln_2.bias"]
     with pytest.raises(ValueError, match="resblocks.3.ln_2.bias"):
-        CLIP4Clip.from_official_checkpoint(sd)
+        load_official_checkpoint(sd)
 
 
 def test_not_a_clip4clip_checkpoint(tmp_path):
     path = tmp_path / "x.bin"
     torch.save({"encoder.weight": torch.zeros(2)}, path)
     with pytest.raises(ValueError, match="clip"):
-        CLIP4Clip.from_official_checkpoint(path)
+        load_official_checkpoint(path)
     with pytest.raises(FileNotFoundError):
-        CLIP4Clip.from_official_checkpoint(tmp_path / "missing.bin")
+        load_official_checkpoint(tmp_path / "missing.bin")
 
 
 def test_forward_loss_is_symmetric_infonce_and_trains(reference_dir):
-    model = CLIP4Clip.from_official_checkpoint(reference_dir / "clip4clip_meanP_official_ckpt.bin")
+    model = load_official_checkpoint(reference_dir / "clip4clip_meanP_official_ckpt.bin")
     g = torch.load(reference_dir / "clip4clip_meanP_golden.pt", weights_only=False)
     out = model(g["input_ids"], g["attention_mask"], g["video"], g["video_mask"])
     logits = out["logits"]
@@ -66,7 +66,7 @@ def test_forward_loss_is_symmetric_infonce_and_trains(reference_dir):
 
 
 def test_similarity_clamps_logit_scale_at_100(reference_dir):
-    model = CLIP4Clip.from_official_checkpoint(reference_dir / "clip4clip_meanP_official_ckpt.bin")
+    model = load_official_checkpoint(reference_dir / "clip4clip_meanP_official_ckpt.bin")
     with torch.no_grad():
         model.clip.logit_scale.fill_(10.0)
     t = torch.nn.functional.normalize(torch.randn(2, 64), dim=-1)

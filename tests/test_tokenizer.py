@@ -21,7 +21,6 @@ from clip4clip.tokenizer import (
     BPE_VOCAB_SHA256,
     ClipTokenizer,
     WordTokenizer,
-    build_tokenizer,
     bytes_to_unicode,
 )
 
@@ -425,8 +424,10 @@ def test_word_tokenizer_state_dict_round_trip():
 
 
 def test_build_tokenizer(bpe_vocab_path):
-    assert isinstance(build_tokenizer("clip", vocab_path=bpe_vocab_path), ClipTokenizer)
-    wt = build_tokenizer("word", texts=CORPUS)
-    assert build_tokenizer("word", state_dict=wt.state_dict()).state_dict() == wt.state_dict()
+    # The one tokenizer factory: the model config's ``tokenizer`` (clip / word) and vocabulary.
+    from clip4clip.builder import build_tokenizer
+    assert isinstance(build_tokenizer({"tokenizer": "clip", "bpe_vocab": str(bpe_vocab_path)}), ClipTokenizer)
+    wt = build_tokenizer({"tokenizer": "word"}, train_texts=CORPUS)
+    assert build_tokenizer({"tokenizer": "word"}, state=wt.state_dict()).state_dict() == wt.state_dict()
     with pytest.raises(ValueError, match="bert"):
-        build_tokenizer("bert")
+        build_tokenizer({"tokenizer": "bert"})

@@ -35,6 +35,20 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+# The MLP activation of a CLIP. OpenAI trained with QuickGELU; most OpenCLIP/LAION models use
+# exact GELU. The two are close enough that the wrong one still gives plausible features, so
+# the choice travels with the weights (CLIPConfig.activation) instead of being guessed.
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
+
+
+def activation_layer(name: str) -> Callable[[], nn.Module]:
+    """'quick_gelu' -> QuickGELU, 'gelu' -> nn.GELU (exact, erf form)."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"activation={name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter layout.
 
@@ -143,5 +157,5 @@ def default_heads(width: int) -> int:
     return max(1, width // 64)
 
 
-__all__ = ["LayerNorm", "QuickGELU", "Attention", "ResidualAttentionBlock", "Transformer",
-           "init_transformer_", "key_padding_mask", "default_heads"]
+__all__ = ["ACTIVATIONS", "LayerNorm", "QuickGELU", "activation_layer", "Attention", "ResidualAttentionBlock",
+           "Transformer", "init_transformer_", "key_padding_mask", "default_heads"]

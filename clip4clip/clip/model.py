@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Mapping, Optional
+from functools import partial
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch import nn
 
-from .layers import LayerNorm, Transformer, default_heads, init_transformer_
+from .layers import (ACTIVATIONS, LayerNorm, QuickGELU, ResidualAttentionBlock, Transformer,
+                     activation_layer, default_heads, init_transformer_)
 
 
 @dataclass
 class CLIPConfig:
-    """Architecture of a ViT CLIP. ``*_heads`` of None means OpenAI's width // 64."""
+    """Architecture of a ViT CLIP. ``*_heads`` of None means OpenAI's width // 64.
+
+    ``activation``: the MLP activation of both towers, 'quick_gelu' (OpenAI's CLIP) or 'gelu'
+    (most OpenCLIP/LAION models). Dicts written before the field existed load as quick_gelu,
+    which is what every CLIP of this framework used until then."""
 
     embed_dim: int = 512
     image_resolution: int = 224
@@ -30,6 +36,11 @@ class CLIPConfig:
     transformer_heads: Optional[int] = None
     transformer_layers: int = 12
     vision_heads: Optional[int] = None
+    activation: str = "quick_gelu"
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"CLIP activation={self.activation!r}; expected one of {sorted(ACTIVATIONS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,7 +85,7 @@ class VisionTransformer(nn.Module):
     """ViT image tower: patches -> [CLS] + tokens -> transformer -> projected CLS."""
 
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int,
-                 heads: int, output_dim: int):
+                 heads: int, output_dim: int, act_layer: Callable[[], nn.Module] = QuickGELU):
         super().__init__()
         if input_resolution % patch_size != 0:
             raise ValueError(f"image_resolution {input_resolution} is not a multiple of patch size {patch_size}")
@@ -85,7 +96,8 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(self.grid_size ** 2 + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, layers, heads,
+                                       block_fn=partial(ResidualAttentionBlock, act_layer=act_layer))
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
         # Injection point for modules that act on the tokens before ln_pre, e.g. AIM's temporal
@@ -117,11 +129,13 @@ class CLIP(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        act = activation_layer(c.activation)
         self.visual = VisionTransformer(
             c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
-            c.vision_heads or default_heads(c.vision_width), c.embed_dim)
+            c.vision_heads or default_heads(c.vision_width), c.embed_dim, act_layer=act)
         self.transformer = Transformer(c.transformer_width, c.transformer_layers,
-                                       c.transformer_heads or default_heads(c.transformer_width))
+                                       c.transformer_heads or default_heads(c.transformer_width),
+                                       block_fn=partial(ResidualAttentionBlock, act_layer=act))
         self.token_embedding = nn.Embedding(c.vocab_size, c.transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(c.context_length, c.transformer_width))
         self.ln_final = LayerNorm(c.transformer_width)

@@ -1,14 +1,24 @@
-"""Released OpenAI CLIP weights: registry, cache resolution and loading.
+"""CLIP weights: the released OpenAI registry, Hugging Face and OpenCLIP checkpoints, loading.
 
-Architecture (``CLIPConfig``) and weights are separate: a name resolves to a file in the
-cache (downloaded with a SHA256 check if missing), and the architecture is read off the
-weights' shapes, so any ViT CLIP file loads the same way.
+Architecture (``CLIPConfig``) and weights are separate. ``load_clip`` takes
+
+* a released name (``ViT-B/32``...): a file in the cache, downloaded with a SHA256 check if
+  missing; the architecture is read off the weights' shapes (QuickGELU, as OpenAI trained);
+* ``hf:org/name[@revision]``: a Hugging Face checkpoint from the local HF cache (downloaded
+  with ``huggingface_hub`` when missing and not offline), ``hf:/a/folder`` or a folder path:
+  a transformers ``CLIPModel`` folder (config.json) or OpenCLIP files (``clip.hf``,
+  ``clip.openclip``), whose config gives heads and activation;
+* a weights file: TorchScript or ``torch.save`` state dict (read without running code),
+  ``.safetensors`` (read with the safetensors package, no pickle), ``open_clip_*.bin``.
 """
 from __future__ import annotations
 
 import os
+import struct
+import warnings
+from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -55,14 +65,48 @@ def resolve_clip_file(name_or_path: Union[str, os.PathLike], cache_dir=None,
     return path
 
 
-def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
-    """Read CLIP weights from a TorchScript archive (as released) or a plain state-dict file
-    (optionally nested under 'state_dict'/'model', optionally with a 'module.' prefix).
-    Tensors come back in float32. Nothing in the file is executed (``checkpoints.read_torch_file``)."""
-    from ..checkpoints import read_torch_file
+def is_safetensors_file(path: Union[str, os.PathLike]) -> bool:
+    """``path`` is a safetensors file: named so, or starting as one (an 8-byte little-endian
+    header length, then the JSON header's '{'), whatever its name."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < struct.unpack("<Q", head[:8])[0] < size
+
+
+def read_weights_file(path: Union[str, os.PathLike], what: str = "CLIP weights file"):
+    """The contents of a weights file: a safetensors file read with the ``safetensors`` package
+    (tensors only, no pickle), anything else with ``serialization.read_torch_file`` (torch.load
+    with weights_only=True, or a TorchScript archive taken apart without running its code)."""
+    from ..serialization import CheckpointReadError, read_torch_file
 
     path = Path(path)
-    return clip_state_dict(read_torch_file(path, "CLIP weights file"), path)
+    if not is_safetensors_file(path):
+        return read_torch_file(path, what)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own error type for truncated or corrupt headers
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointReadError(f"{path}: cannot read this {what}: not a valid safetensors file "
+                                  f"({type(e).__name__}: {first})") from e
+
+
+def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
+    """Read CLIP weights from a TorchScript archive (as released), a plain state-dict file
+    (optionally nested under 'state_dict'/'model', optionally with a 'module.' prefix) or a
+    safetensors file. Tensors come back in float32. Nothing in the file is executed."""
+    path = Path(path)
+    return clip_state_dict(read_weights_file(path), path)
 
 
 def clip_state_dict(sd, path) -> Dict[str, torch.Tensor]:
@@ -83,25 +127,128 @@ def clip_state_dict(sd, path) -> Dict[str, torch.Tensor]:
     return out
 
 
-def clip_from_state_dict(sd: Mapping[str, torch.Tensor], config: Optional[CLIPConfig] = None) -> CLIP:
-    """Build a CLIP whose architecture is inferred from ``sd`` and load it with strict=True."""
+def clip_from_state_dict(sd: Mapping[str, torch.Tensor], config: Optional[CLIPConfig] = None,
+                         where: Optional[str] = None) -> CLIP:
+    """Build a CLIP (architecture ``config``, or inferred from ``sd``'s shapes) and load ``sd``
+    with every key and shape checked. ``where`` (the file) is named in errors."""
+    inferred = config is None
     config = config or CLIPConfig.from_state_dict(sd)
-    from ..checkpoints import load_state_checked
+    from ..serialization import load_state_checked
 
     model = CLIP(config)
-    load_state_checked(model, sd, f"CLIP weights (architecture inferred from their shapes: "
+    how = "inferred from their shapes" if inferred else "from their config"
+    load_state_checked(model, sd, f"{where or 'CLIP weights'} (architecture {how}: "
                                   f"width {config.vision_width}, {config.vision_layers} layers)")
     return model
 
 
+def is_pretrained_name(name: Union[str, os.PathLike]) -> bool:
+    """A released OpenAI name or an ``hf:`` reference (not a path on this machine)."""
+    name = str(name)
+    from .hf import HF_PREFIX
+
+    return name in PRETRAINED or name.startswith(HF_PREFIX)
+
+
+def resolve_clip_source(name_or_path: Union[str, os.PathLike], cache_dir=None, progress: bool = True) -> Path:
+    """What ``load_clip`` accepts -> a local file or folder (downloading a released file or a
+    Hugging Face repository if needed; see the module docstring)."""
+    from .hf import HF_PREFIX, resolve_hf
+
+    name = str(name_or_path)
+    if name.startswith(HF_PREFIX):
+        return resolve_hf(name[len(HF_PREFIX):], progress=progress)
+    if name in PRETRAINED:
+        return resolve_clip_file(name, cache_dir=cache_dir, progress=progress)
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    hint = f" (a Hugging Face repository is written hf:{name})" if name.count("/") == 1 and not name.startswith(
+        (".", "/", "~")) else ""
+    raise FileNotFoundError(f"CLIP weights '{name}' are neither a released model name {available_models()}, "
+                            f"nor hf:<org>/<name>, nor an existing file or folder{hint}")
+
+
+def with_activation(config: CLIPConfig, activation: Optional[str], source: Optional[str]) -> CLIPConfig:
+    """``config`` with an explicitly chosen activation. ``source``: what ``config.activation``
+    was read from (None: nothing said it, so there is nothing to contradict). A choice that
+    contradicts the checkpoint is allowed, with a warning: the features stay plausible, but worse."""
+    if activation is None or activation == config.activation:
+        return config
+    if source is not None:
+        warnings.warn(f"activation={activation!r} overrides {config.activation!r} from {source}: if the checkpoint "
+                      "was trained with the latter, features will look plausible but retrieval will be worse",
+                      stacklevel=3)
+    return replace(config, activation=activation)
+
+
+def read_clip_weights(path: Union[str, os.PathLike], activation: Optional[str] = None,
+                      released: bool = False) -> Tuple[Dict[str, torch.Tensor], CLIPConfig]:
+    """A local CLIP checkpoint (file or folder) -> (OpenAI-layout float32 state dict, CLIPConfig).
+
+    ``activation`` None: from the checkpoint's config (HF ``hidden_act``, OpenCLIP
+    ``model_cfg.quick_gelu``), QuickGELU for OpenAI-layout files (as OpenAI trained).
+    ``released``: the file is OpenAI's release (named in the warning an override gives)."""
+    from .hf import HF_WEIGHT_FILES, is_hf_folder, read_hf_folder
+    from .openclip import OPEN_CLIP_WEIGHT_FILES, is_open_clip_file, read_open_clip
+
+    path = Path(path)
+    if path.is_dir():
+        if is_hf_folder(path):
+            return read_hf_folder(path, activation)
+        if any((path / n).is_file() for n in OPEN_CLIP_WEIGHT_FILES):
+            return read_open_clip(path, activation)
+        if _is_export(path):
+            raise ValueError(f"{path}: a whole model exported by python -m clip4clip.export, not CLIP weights; pass it "
+                             "where a checkpoint is expected (checkpoint=..., --checkpoint ...)")
+        raise FileNotFoundError(f"{path}: a folder without CLIP weights (expected a Hugging Face CLIPModel folder: "
+                                f"config.json with one of {list(HF_WEIGHT_FILES)}; or OpenCLIP's "
+                                f"{list(OPEN_CLIP_WEIGHT_FILES)})")
+    if is_open_clip_file(path):
+        return read_open_clip(path, activation)
+    sd = read_state_dict(path)
+    if any(k.startswith(("text_model.", "vision_model.")) for k in sd):
+        if not is_hf_folder(path.parent):
+            raise ValueError(f"{path}: Hugging Face CLIPModel weights, but no CLIP config.json beside them (it holds "
+                             "the head counts and the activation, which the weights do not)")
+        return read_hf_folder(path.parent, activation, weights_file=path.name)
+    config = CLIPConfig.from_state_dict(sd)
+    return sd, with_activation(config, activation, "OpenAI's release (QuickGELU)" if released else None)
+
+
+def is_clip_folder(path: Union[str, os.PathLike]) -> bool:
+    """``path`` is a folder of CLIP weights ``load_clip`` reads: a Hugging Face ``CLIPModel``
+    folder or OpenCLIP's files."""
+    from .hf import is_hf_folder
+    from .openclip import OPEN_CLIP_WEIGHT_FILES
+
+    path = Path(path)
+    return path.is_dir() and (is_hf_folder(path) or any((path / n).is_file() for n in OPEN_CLIP_WEIGHT_FILES))
+
+
+def _is_export(path: Path) -> bool:
+    import json
+
+    try:
+        meta = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and str(meta.get("format", "")).startswith("clip4clip-framework/export")
+
+
 def load_clip(name_or_path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
-              cache_dir=None, progress: bool = True) -> CLIP:
-    """Load released or saved CLIP weights into float32 parameters.
+              cache_dir=None, progress: bool = True, activation: Optional[str] = None) -> CLIP:
+    """Load CLIP weights into float32 parameters.
 
     Args:
-        name_or_path: 'ViT-B/32', 'ViT-B/16', 'ViT-L/14', 'ViT-L/14@336px' or a file path.
+        name_or_path: 'ViT-B/32', 'ViT-B/16', 'ViT-L/14', 'ViT-L/14@336px'; 'hf:org/name[@rev]'
+            or 'hf:/folder'; a Hugging Face or OpenCLIP folder; or a weights file.
         device: where to put the model.
-        cache_dir: download cache (default $CLIP4CLIP_CACHE_DIR or ~/.cache/clip).
+        cache_dir: download cache of OpenAI's files (default $CLIP4CLIP_CACHE_DIR or ~/.cache/clip);
+            Hugging Face repositories use the Hugging Face cache ($HF_HOME).
+        activation: 'quick_gelu' or 'gelu' to override the checkpoint's; None reads it from the
+            checkpoint (see ``read_clip_weights``).
     """
-    path = resolve_clip_file(name_or_path, cache_dir=cache_dir, progress=progress)
-    return clip_from_state_dict(read_state_dict(path)).to(device)
+    source = resolve_clip_source(name_or_path, cache_dir=cache_dir, progress=progress)
+    sd, config = read_clip_weights(source, activation, released=str(name_or_path) in PRETRAINED)
+    return clip_from_state_dict(sd, config, where=str(source)).to(device)

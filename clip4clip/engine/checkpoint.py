@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, RNG state capture, and reading them back with clear errors."""
+"""Writing training checkpoints: atomic saves, RNG state, and keeping best.pt and last.pt a
+consistent pair across kills. Reading any checkpoint is ``clip4clip.checkpoints``."""
 from __future__ import annotations
 
 import errno
@@ -14,17 +15,12 @@ import torch
 from data.atomic import atomic_write
 from data.atomic import atomic_write_text as _atomic_write_text
 
-from ..checkpoints import read_torch_file
-
-FORMAT = "clip4clip-framework/1"
-
+# Reading checkpoints lives in the model layer; re-exported for the training engine.
+from ..checkpoints import FORMAT, is_framework_checkpoint, load_checkpoint  # noqa: F401
+from ..errors import CheckpointWriteError
 
 #: The next best.pt while an epoch's pair is being written (see ``Trainer.save_epoch_end``).
 BEST_PENDING = "best.next.pt"
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (disk full, permissions...); the previous one is kept."""
 
 
 def _open_for_write(path: Path):
@@ -133,21 +129,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """Read one of our training checkpoints. Nothing in the file is executed
-    (``read_torch_file``: tensors and plain containers only)."""
-    path = Path(path)
-    ckpt = read_torch_file(path, "checkpoint")
-    if not is_framework_checkpoint(ckpt):
-        raise ValueError(f"{path} is not a checkpoint written by this framework "
-                         f"(expected a dict with format '{FORMAT}')")
-    return ckpt
-
-
-def is_framework_checkpoint(obj: Any) -> bool:
-    return isinstance(obj, dict) and obj.get("format") == FORMAT
 
 
 def resolve_resume_path(resume: Union[str, os.PathLike]) -> Path:

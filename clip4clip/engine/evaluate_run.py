@@ -1,6 +1,7 @@
 """``python evaluate.py checkpoint=...``: score a model on a dataset split.
 
-``checkpoint`` may be one of our training checkpoints (its config is used, with command-line
+``checkpoint`` may be one of our training checkpoints or a run folder (its best checkpoint;
+its config is used, with command-line
 overrides on top), an official CLIP4Clip ``pytorch_model.bin.N``, a released CLIP name
 (``ViT-B/32``: zero-shot, meanP) or a CLIP weights file.
 """
@@ -8,14 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, Tuple
 
+from ..builder import to_plain
+from ..checkpoints import model_and_tokenizer, read_checkpoint
 from ..metrics import format_table
 from .checkpoint import seed_everything
-from .datasets import build_split, dataset_root
+from data.splits import build_split, dataset_root
 from .evaluation import evaluate
-from .inference import load_any as _load_any, model_and_tokenizer
 from .precision import resolve_device, resolve_precision
-from .run import _save_config, check_output_dir, resolve_workers, to_container
-from .trainer import write_json
+from .run import resolve_workers
+from .run_folder import check_output_dir, save_config, write_json
 
 # Sections of the evaluation config that describe the run itself, not the model or data.
 _RUN_KEYS = ("checkpoint", "split", "trainer", "paths", "seed", "task_name")
@@ -37,16 +39,16 @@ def merge_overrides(base: dict, composed: dict, overrides: Iterable[str]) -> dic
 
 
 def run_evaluation(cfg, overrides: Iterable[str] = ()) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    composed = to_container(cfg)
+    composed = to_plain(cfg)
     out = check_output_dir(composed["paths"]["output_dir"])
-    kind, payload = _load_any(str(composed["checkpoint"]))
+    kind, payload, source = read_checkpoint(str(composed["checkpoint"]))  # a file, run folder or CLIP name
     config = composed
     if kind == "ours":
         base = dict(payload["config"])
         base.update({k: composed[k] for k in _RUN_KEYS if k in composed})
         config = merge_overrides(base, composed, [o for o in overrides
                                                   if o.split("=", 1)[0].lstrip("+~") not in _RUN_KEYS])
-    model, tokenizer = model_and_tokenizer(kind, payload, config["model"], source=str(composed["checkpoint"]))
+    model, tokenizer = model_and_tokenizer(kind, payload, config["model"], source=source)
 
     tr = config["trainer"]
     seed_everything(int(config.get("seed", 0)))
@@ -71,6 +73,6 @@ def run_evaluation(cfg, overrides: Iterable[str] = ()) -> Tuple[Dict[str, Any], 
     result = {"metrics": metrics, "checkpoint": str(composed["checkpoint"]), "checkpoint_kind": kind,
               "dataset": dcfg["name"], "split": split, "num_texts": len(enc.texts),
               "num_videos": len(enc.video_ids), "missing_videos": missing}
-    _save_config(config, out)
+    save_config(config, out)
     write_json(result, out / "metrics.json")
     return result, {"model": model, "tokenizer": tokenizer, "encoded": enc, "output_dir": out}

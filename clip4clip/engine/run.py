@@ -10,7 +10,6 @@ so a config means the same training on any number of GPUs.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
@@ -20,13 +19,13 @@ from torch.utils.data import DataLoader
 
 from data.atomic import remove_stale_tmp
 
-from ..builder import (build_model, build_tokenizer, init_state, init_tokenizer_state, model_args,
-                       tokenizer_state)
+from ..builder import build_model, build_tokenizer, model_args, to_plain, tokenizer_state
+from ..checkpoints import read_init_checkpoint
 from ..loss import ClipLoss
 from ..metrics import format_table
 from .checkpoint import load_checkpoint, reconcile_best, resolve_resume_path, seed_everything
 from .collate import TokenizeCollate
-from .datasets import build_split, dataset_root, val_split_name
+from data.splits import build_split, dataset_root, val_split_name
 from .dist_eval import evaluate_distributed
 from .distributed import (DistInfo, all_gather_with_grad, barrier, broadcast_object, broadcast_parameters,
                           init_distributed, main_process_first, shutdown, wrap_ddp)
@@ -34,33 +33,8 @@ from .optim import build_optimizer, build_scheduler, pretrained_names
 from .precision import grad_scaler, resolve_device, resolve_precision
 from .sampler import EpochSampler
 from .tensorboard import Logger
-from .trainer import Trainer, write_json
-
-
-def to_container(cfg: Any) -> dict:
-    from omegaconf import OmegaConf
-    if OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return dict(cfg)
-
-
-def check_output_dir(path: Any, subdirs: tuple = ()) -> Path:
-    """Fail before any work when the run folder (or one of ``subdirs`` in it, e.g. the
-    checkpoints folder) cannot be written: a path that is a file, no permission, read-only."""
-    out = Path(str(path)).expanduser()
-    for folder in (out, *(out / d for d in subdirs)):
-        if folder.exists() and not folder.is_dir():
-            raise PermissionError(f"{folder} is a file, not a folder: the run writes "
-                                  f"{'its checkpoints' if folder != out else 'its outputs'} there; "
-                                  "move the file or set paths.output_dir / hydra.run.dir elsewhere")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-                pass
-        except OSError as e:
-            raise PermissionError(f"output folder {folder} is not writable ({e.strerror or e}); "
-                                  f"set paths.output_dir or hydra.run.dir to a writable folder") from e
-    return out
+from .run_folder import check_output_dir, save_config, write_json
+from .trainer import Trainer
 
 
 def _positive(cfg: Mapping, section: str, *keys: str) -> None:
@@ -115,12 +89,6 @@ def _loader(dataset, batch_size, collate, num_workers, device, sampler=None):
                       drop_last=False)
 
 
-def _save_config(config: dict, out: Path) -> None:
-    from omegaconf import OmegaConf
-    from .checkpoint import atomic_write_text
-    atomic_write_text(OmegaConf.to_yaml(OmegaConf.create(config)), out / "config.yaml")
-
-
 def resolve_normalize_on_device(value, device: torch.device) -> bool:
     """``trainer.normalize_on_device``: auto (on CUDA), true or false."""
     if value in (None, "auto"):
@@ -157,7 +125,7 @@ def per_rank_batch(batch_size: int, info: DistInfo) -> int:
 
 
 def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    config = to_container(cfg)
+    config = to_plain(cfg)
     tr = config["trainer"]
     check_counts(config)
     _positive(config, "optim", "lr")
@@ -199,14 +167,15 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
     # Built (and its videos checked) now, not after the whole training run.
     test_ds = build_split(dcfg, root, "test", image_size, seed, progress)
 
-    tok_state = resume_ckpt.get("tokenizer") if resume_ckpt else init_tokenizer_state(mcfg)
+    init = read_init_checkpoint(mcfg)  # model.init_checkpoint, read once
+    tok_state = resume_ckpt.get("tokenizer") if resume_ckpt else (init or {}).get("tokenizer")
     if tok_state and tok_state.get("kind") == "clip":
         tok_state = None
     tokenizer = build_tokenizer(mcfg, train_texts=[c for caps in train_ds.captions.values() for c in caps],
                                 state=tok_state)
     acfg = config.get("adapter") or {"name": "none"}
     with main_process_first(info):
-        model = build_model(mcfg, vocab_size=tokenizer.vocab_size, adapter_cfg=acfg, init_state=init_state(mcfg))
+        model = build_model(mcfg, vocab_size=tokenizer.vocab_size, adapter_cfg=acfg, init_state=init)
     if model.clip.visual.input_resolution != image_size:
         raise ValueError(f"model.image_size={image_size} but the CLIP model takes "
                          f"{model.clip.visual.input_resolution}px images; set model.image_size accordingly")
@@ -242,7 +211,7 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
     loss_fn = ClipLoss(info.rank, info.world_size, all_gather_with_grad if info.enabled else None)
 
     if info.is_main:
-        _save_config(config, out)
+        save_config(config, out)
     logger = Logger(str(out / "tensorboard") if tr.get("tensorboard", True) and info.is_main else None)
     from adapters import format_parameter_summary, parameter_summary
     summary = parameter_summary(model)

@@ -6,29 +6,24 @@ this loop on its shard of each global batch; only rank 0 writes checkpoints and 
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import NonFiniteLossError  # noqa: F401  (raised here; tests import it from the trainer)
 from ..metrics import format_table
 from ..model import MAX_LOGIT_SCALE
-from .checkpoint import (BEST_PENDING, FORMAT, atomic_save, atomic_write_text, promote_best, rng_state,
-                         set_rng_state)
+from .checkpoint import BEST_PENDING, FORMAT, atomic_save, promote_best, rng_state, set_rng_state
 from .dist_eval import evaluate_distributed
 from .distributed import DistInfo, all_ranks_true, gather_objects
 from .evaluation import similarity_matrix
 from .step import ContrastiveStep, batch_to_device
 from .tensorboard import Logger, frame_strip, retrieval_grid
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the run stops without overwriting the last good checkpoint."""
 
 
 @dataclass
@@ -339,7 +334,3 @@ class Trainer:
             self.logger.scalars({"train/epoch_loss": train_stats["loss"]}, self.state.step)
             self.logger.flush()
         return asdict(self.state)
-
-
-def write_json(obj: Any, path: Path) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, default=float) + "\n", path)

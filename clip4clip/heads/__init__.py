@@ -13,6 +13,8 @@ from .tighttransf import TightTransf
 
 HEADS: Dict[str, Type[Head]] = {cls.name: cls for cls in (MeanPooling, SeqLSTM, SeqTransf, FrameWeight,
                                                            TightTransf)}
+#: The head of a model whose config or checkpoint names none (CLIP4Clip's meanP: zero-shot CLIP).
+DEFAULT_HEAD = "meanP"
 # The two-tower subset: heads that turn a video into one embedding.
 TEMPORAL_HEADS: Dict[str, Type[TemporalHead]] = {n: c for n, c in HEADS.items() if c.two_tower}
 
@@ -30,5 +32,5 @@ def build_head(name: str, width: int, **kwargs) -> Head:
     return cls(width=width, **kwargs)
 
 
-__all__ = ["HEADS", "TEMPORAL_HEADS", "build_head", "Head", "TemporalHead", "MeanPooling", "SeqLSTM",
+__all__ = ["DEFAULT_HEAD", "HEADS", "TEMPORAL_HEADS", "build_head", "Head", "TemporalHead", "MeanPooling", "SeqLSTM",
            "SeqTransf", "FrameWeight", "TightTransf", "l2_normalize", "masked_mean", "mean_pool_normalized"]

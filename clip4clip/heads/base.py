@@ -55,6 +55,31 @@ class Head(nn.Module):
         """Official non-CLIP keys -> this head's state-dict keys. Default: no parameters."""
         return {}
 
+    #: Official non-CLIP keys outside ``official_prefixes`` that this head reads, and those it
+    #: knowingly ignores (CLIP4Clip creates some modules it never uses).
+    official_extra_keys: tuple = ()
+    official_ignored_keys: tuple = ()
+
+    def official_keys(self, official_sd: Mapping[str, torch.Tensor]) -> set:
+        """The keys of an official checkpoint's non-CLIP part that this head accounts for; the
+        loader refuses any other."""
+        prefixes = self.official_prefixes
+        return {k for k in official_sd if (prefixes and k.startswith(prefixes))
+                or k in self.official_extra_keys or k in self.official_ignored_keys}
+
+
+def copy_text_blocks(transformer: nn.Module, clip_state_dict: Mapping[str, torch.Tensor], head: str) -> None:
+    """Initialise a head's transformer from CLIP's text tower, block i <- text block i (CLIP4Clip's
+    init for seqTransf, frameweight and tightTransf)."""
+    new = {}
+    for key in transformer.state_dict():
+        src = "transformer." + key
+        if src not in clip_state_dict:
+            raise KeyError(f"cannot initialise {head} from CLIP: '{src}' missing (the text tower has "
+                           f"fewer blocks than the head's {len(transformer.resblocks)}?)")
+        new[key] = clip_state_dict[src]
+    transformer.load_state_dict(new, strict=True)
+
 
 class TemporalHead(Head):
     """Frame features [B, T, D] + frame mask [B, T] -> L2-normalised video embedding [B, D]."""
@@ -78,4 +103,4 @@ def official_block(width: int, heads: int) -> nn.Module:
 
 
 __all__ = ["Head", "OFFICIAL_LN_EPS", "TemporalHead", "l2_normalize", "masked_mean", "mean_pool_normalized",
-           "official_block", "official_layer_norm"]
+           "official_block", "official_layer_norm", "copy_text_blocks"]

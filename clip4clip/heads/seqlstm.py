@@ -10,6 +10,7 @@ from .base import TemporalHead, mean_pool_normalized
 class SeqLSTM(TemporalHead):
     name = "seqLSTM"
     official_prefixes = ("lstm_visual.",)
+    official_ignored_keys = ("frame_position_embeddings.weight",)  # created by CLIP4Clip, never used
 
     def __init__(self, width: int):
         super().__init__()
@@ -29,6 +30,3 @@ class SeqLSTM(TemporalHead):
         return {"lstm." + k[len("lstm_visual."):]: v for k, v in official_sd.items()
                 if k.startswith("lstm_visual.")}
 
-    @staticmethod
-    def ignored_official_keys() -> tuple:
-        return ("frame_position_embeddings.weight",)

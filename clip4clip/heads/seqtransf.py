@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..clip.layers import Transformer, default_heads, init_transformer_, key_padding_mask
-from .base import TemporalHead, mean_pool_normalized, official_block
+from .base import TemporalHead, copy_text_blocks, mean_pool_normalized, official_block
 
 
 class SeqTransf(TemporalHead):
@@ -20,6 +20,7 @@ class SeqTransf(TemporalHead):
 
     name = "seqTransf"
     official_prefixes = ("transformerClip.",)
+    official_extra_keys = ("frame_position_embeddings.weight",)
 
     def __init__(self, width: int, num_blocks: int = 4, heads: int = None, num_positions: int = 77):
         super().__init__()
@@ -51,15 +52,7 @@ class SeqTransf(TemporalHead):
         n = min(self.num_positions, pos.shape[0])
         with torch.no_grad():
             self.frame_position_embeddings.weight[:n].copy_(pos[:n])
-        own = self.transformer.state_dict()
-        new = {}
-        for key in own:
-            src = "transformer." + key
-            if src not in clip_state_dict:
-                raise KeyError(f"cannot initialise seqTransf from CLIP: '{src}' missing "
-                               f"(the text tower has fewer than {self.transformer.layers} blocks?)")
-            new[key] = clip_state_dict[src]
-        self.transformer.load_state_dict(new, strict=True)
+        copy_text_blocks(self.transformer, clip_state_dict, self.name)
 
     @classmethod
     def official_kwargs(cls, official_sd):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..clip.layers import QuickGELU, Transformer, default_heads, key_padding_mask
-from .base import Head, official_block, official_layer_norm
+from .base import Head, copy_text_blocks, official_block, official_layer_norm
 
 # modules/cross-base/cross_config.json. The head count is not stored in the weights, so an
 # official checkpoint is always read with the 8 heads it was trained with.
@@ -166,14 +166,7 @@ class TightTransf(Head):
         n = min(self.num_positions, pos.shape[0])
         with torch.no_grad():
             self.cross.embeddings.position_embeddings.weight[:n].copy_(pos[:n])
-        new = {}
-        for key in self.cross.transformer.state_dict():
-            src = "transformer." + key
-            if src not in clip_state_dict:
-                raise KeyError(f"cannot initialise tightTransf from CLIP: '{src}' missing (the text "
-                               f"tower has fewer than {len(self.cross.transformer.resblocks)} blocks?)")
-            new[key] = clip_state_dict[src]
-        self.cross.transformer.load_state_dict(new, strict=True)
+        copy_text_blocks(self.cross.transformer, clip_state_dict, self.name)
 
     @classmethod
     def official_kwargs(cls, official_sd: Mapping[str, torch.Tensor]) -> dict:

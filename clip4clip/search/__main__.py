@@ -62,7 +62,7 @@ def _default_library(encoder) -> Path:
     cfg = encoder.train_config
     if not cfg or not cfg.get("dataset"):
         raise ValueError("--videos is required for this checkpoint (it does not name the dataset it was trained on)")
-    from ..engine.datasets import dataset_root
+    from data.splits import dataset_root
     dcfg = cfg["dataset"]
     root = dataset_root(dcfg)
     folder = root / str(dcfg.get("video_dir") or "")
@@ -131,7 +131,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    from ..engine.errors import user_errors
+    from ..errors import user_errors
     with user_errors():
         return {"index": _index, "search": _search, "serve": _serve}[args.command](args)
 

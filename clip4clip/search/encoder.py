@@ -16,15 +16,16 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from data.transforms import clip_resize_crop, normalize_uint8_numpy
+from data.keyframes import KeyframeParams
+from data.transforms import pack_clip
 
 from ..builder import tokenizer_state
+from ..checkpoints import model_and_tokenizer, read_checkpoint
 from ..heads import l2_normalize
 from ..model import CLIP4Clip
 
-#: Sampling used for zero-shot CLIP and official checkpoints (CLIP4Clip's MSR-VTT setting).
-DEFAULT_FPS = 1.0
-DEFAULT_MAX_FRAMES = 12
+#: Text length of zero-shot CLIP and official checkpoints (CLIP4Clip's setting); their frame
+#: sampling is ``KeyframeParams``' defaults (CLIP4Clip's 1 fps, 12 frames), ours their dataset's.
 DEFAULT_MAX_WORDS = 32
 
 
@@ -37,6 +38,7 @@ class Sampling:
     moment_fps, moment_frames: the frames scored one by one to find the best moment (at most
     ``moment_frames``, spread evenly over longer videos).
     image_size: side of the square model input in pixels.
+    frame_rule: "exact" or "official" (CLIP4Clip's frame indices), as the checkpoint's dataset.
     """
 
     fps: float
@@ -45,29 +47,13 @@ class Sampling:
     moment_fps: float
     moment_frames: int
     image_size: int
+    frame_rule: str = "exact"
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-
-def resolve_checkpoint(arg: str) -> str:
-    """A released CLIP name stays as is; a run folder becomes its ``checkpoints/best.pt`` (or
-    ``last.pt``); a file becomes its absolute path (the index records where its model came from)."""
-    from ..clip import PRETRAINED
-
-    if arg in PRETRAINED:
-        return arg
-    path = Path(arg).expanduser()
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / "checkpoints" / name).is_file():
-                return str((path / "checkpoints" / name).resolve())
-        raise FileNotFoundError(f"--checkpoint {arg}: a folder without checkpoints/best.pt or "
-                                "checkpoints/last.pt (expected a training run folder)")
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint {arg}: no such file or run folder, and not a released "
-                                f"CLIP name {list(PRETRAINED)}")
-    return str(path.resolve())
+        d = asdict(self)
+        if d["frame_rule"] == "exact":
+            del d["frame_rule"]  # indexes written before the rule existed used the exact rule
+        return d
 
 
 def model_fingerprint(model: torch.nn.Module, tokenizer_state: Optional[dict]) -> str:
@@ -119,35 +105,28 @@ class Encoder:
         """Load ``checkpoint`` (ours / official CLIP4Clip / CLIP name or file; a run folder means
         its best checkpoint). ``fps`` and ``max_frames`` default to the checkpoint's own dataset
         settings (CLIP4Clip's 1 fps, 12 frames for the other kinds)."""
-        from ..engine.inference import load_any, model_and_tokenizer
-
-        source = resolve_checkpoint(checkpoint)
-        kind, payload = load_any(source)
+        kind, payload, source = read_checkpoint(checkpoint)  # a run folder means its best checkpoint
+        config = (payload.get("config") or {}) if kind == "ours" else {}
         if kind == "ours":
-            config = payload.get("config") or {}
             model_cfg = dict(config.get("model") or {})
-            dcfg = config.get("dataset") or {}
-            default_fps = float(dcfg.get("fps", DEFAULT_FPS))
-            default_frames = int(dcfg.get("max_frames", DEFAULT_MAX_FRAMES))
-            slice_framepos = str(dcfg.get("slice_framepos", "uniform"))
             max_words = int(model_cfg.get("max_words", DEFAULT_MAX_WORDS))
-            scheme = dcfg.get("eval_keyframes") or dcfg.get("keyframes") or "uniform"
-            if scheme != "uniform":
-                print(f"note: {source} was evaluated with '{scheme}' keyframes; the index samples "
-                      "frames uniformly in time", flush=True)
         else:
             model_cfg = {"tokenizer": "clip", "bpe_vocab": bpe_vocab, "clip": {"cache_dir": None}}
-            default_fps, default_frames, slice_framepos = DEFAULT_FPS, DEFAULT_MAX_FRAMES, "uniform"
             max_words = DEFAULT_MAX_WORDS
+        # The evaluation frames of the checkpoint's test split: the same conversion the datasets use.
+        frames = KeyframeParams.from_config(config.get("dataset") or {}, "test")
+        if frames.scheme != "uniform":
+            print(f"note: {source} was evaluated with '{frames.scheme}' keyframes; the index samples "
+                  "frames uniformly in time", flush=True)
         if bpe_vocab:
             model_cfg["bpe_vocab"] = bpe_vocab
         model, tokenizer = model_and_tokenizer(kind, payload, model_cfg, source=source)
         tok_state = tokenizer_state(tokenizer)
-        sampling = Sampling(fps=float(fps if fps is not None else default_fps),
-                            max_frames=int(max_frames if max_frames is not None else default_frames),
-                            slice_framepos=slice_framepos, moment_fps=float(moment_fps),
+        sampling = Sampling(fps=float(fps if fps is not None else frames.fps),
+                            max_frames=int(max_frames if max_frames is not None else frames.max_frames),
+                            slice_framepos=frames.slice_framepos, moment_fps=float(moment_fps),
                             moment_frames=int(moment_frames),
-                            image_size=int(model.clip.visual.input_resolution))
+                            image_size=int(model.clip.visual.input_resolution), frame_rule=frames.rule)
         if sampling.fps <= 0 or sampling.moment_fps <= 0:
             raise ValueError(f"--fps and --moment-fps must be positive, got {sampling.fps}, {sampling.moment_fps}")
         if sampling.max_frames < 1 or sampling.moment_frames < 1:
@@ -172,14 +151,9 @@ class Encoder:
     # ------------------------------------------------------------------ video
     def _pack(self, frames: np.ndarray) -> tuple:
         """uint8 [T, H, W, 3] (T <= max_frames) -> (video [1, max_frames, 3, S, S], mask [1, max_frames]),
-        the same resize-crop, normalisation and zero padding as the evaluation datasets."""
-        s, m = self.sampling.image_size, self.sampling.max_frames
-        chw = clip_resize_crop(np.ascontiguousarray(frames), s).transpose(0, 3, 1, 2)
-        video = np.zeros((m, 3, s, s), dtype=np.float32)
-        normalize_uint8_numpy(chw, out=video[: len(chw)])
-        mask = torch.zeros(m, dtype=torch.int64)
-        mask[: len(chw)] = 1
-        return torch.from_numpy(video)[None], mask[None]
+        exactly as the evaluation datasets pack them (``data.pack_clip``)."""
+        video, mask = pack_clip(frames, self.sampling.max_frames, self.sampling.image_size)
+        return video[None], mask[None]
 
     #: Clips of ``max_frames`` frames per forward pass: batching many short videos amortises
     #: the per-call cost (4x faster indexing of the synthetic clips on CPU); bounded for memory.

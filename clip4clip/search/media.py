@@ -60,7 +60,7 @@ def sample_for_index(path: Path, sampling: Sampling) -> SampledForIndex:
     video_frames = None
     if not repaired:  # metadata confirmed: the evaluation frames are computable without decoding
         idx = sample_frame_indices(info.frame_count, info.fps, sampling.fps, sampling.max_frames,
-                                   sampling.slice_framepos)
+                                   sampling.slice_framepos, rule=sampling.frame_rule)
         want = idx / info.fps
         pos = np.minimum(np.searchsorted(moment_times, want - 1e-6), len(moment_times) - 1)
         if len(want) and np.allclose(moment_times[pos], want, atol=1e-6):
@@ -68,7 +68,8 @@ def sample_for_index(path: Path, sampling: Sampling) -> SampledForIndex:
     if video_frames is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # already reported by the first pass
-            video_frames, _ = read_frames(path, sampling.fps, sampling.max_frames, sampling.slice_framepos)
+            video_frames, _ = read_frames(path, sampling.fps, sampling.max_frames, sampling.slice_framepos,
+                                          rule=sampling.frame_rule)
     if len(moment_frames) == 0 or len(video_frames) == 0:
         raise VideoReadError(path, "no decodable frames")
     return SampledForIndex(video_frames, moment_frames, moment_times, info, notes)

@@ -1,14 +1,38 @@
-"""Datasets from the ``dataset`` config group (names: synthetic, msrvtt, msvd)."""
+"""Datasets from the ``dataset`` config group: the one place a ``dataset`` config becomes a
+split (``build_split``), its folder (``dataset_root``) and its frame sampling (``split_sampling``)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
-DATASETS = ("synthetic", "msrvtt", "msvd")
-_LAYOUT_HINT = {
-    "msrvtt": "the MSR-VTT annotation files (MSRVTT_data.json, MSRVTT_train.9k.csv, ...) and videos/",
-    "msvd": "train_list.txt, val_list.txt, test_list.txt, raw-captions.pkl and YouTubeClips/",
+
+@dataclass(frozen=True)
+class Reader:
+    """A dataset name's reader: its class (by name in ``data``), the config keys naming its
+    files (passed on only when set: the reader owns the defaults), and the layout hint for a
+    missing ``dataset.root``."""
+
+    cls: str
+    file_keys: Tuple[str, ...]
+    layout: str
+
+
+READERS: Dict[str, Reader] = {
+    "synthetic": Reader("MSRVTTDataset", ("train_csv", "video_dir"), "(generated on first use)"),
+    "msrvtt": Reader("MSRVTTDataset", ("train_csv", "video_dir"),
+                     "the MSR-VTT annotation files (MSRVTT_data.json, MSRVTT_train.9k.csv, ...) and videos/"),
+    "msvd": Reader("MSVDDataset", ("captions_file", "video_dir"),
+                   "train_list.txt, val_list.txt, test_list.txt, raw-captions.pkl and YouTubeClips/"),
+    "didemo": Reader("DiDeMoDataset", ("video_dir", "list_file", "data_file"),
+                     "{train,val,test}_list.txt, {train,val,test}_data.json and videos/"),
+    "activitynet": Reader("ActivityNetDataset", ("video_dir", "train_ids", "val_ids", "train_data", "val_data"),
+                          "train_ids.json, val_ids.json, train.json, val_1.json and videos/"),
+    "lsmdc": Reader("LSMDCDataset", ("video_dir", "train_file", "val_file", "test_file"),
+                    "LSMDC16_annos_training.csv, LSMDC16_annos_val.csv, LSMDC16_challenge_1000_publictect.csv "
+                    "and videos/ (flat or one folder per movie)"),
 }
+DATASETS = tuple(READERS)
 
 
 def dataset_root(cfg: Mapping, progress: bool = True) -> Path:
@@ -23,15 +47,15 @@ def dataset_root(cfg: Mapping, progress: bool = True) -> Path:
     root = Path(str(cfg.get("root"))).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset.root={root} does not exist: point dataset.root at the folder "
-                                f"holding {_LAYOUT_HINT[name]}")
+                                f"holding {READERS[name].layout}")
     return root
 
 
-def split_keyframes(cfg: Mapping, split: str) -> str:
-    """The keyframe scheme of a split: ``keyframes`` for train, ``eval_keyframes`` for val/test
-    (two values, so train x test scheme comparisons are one --multirun sweep)."""
-    train = cfg.get("keyframes", "uniform")
-    return train if split == "train" else (cfg.get("eval_keyframes") or train)
+def split_sampling(cfg: Mapping, split: str):
+    """The frame sampling of ``split`` (``data.KeyframeParams.from_config``: the one place the
+    ``dataset`` config becomes frame sampling, for datasets, extraction and search)."""
+    from data import KeyframeParams
+    return KeyframeParams.from_config(cfg, split)
 
 
 def frame_cache_dir(cfg: Mapping, root: Path, scheme: str) -> Path:
@@ -55,21 +79,19 @@ def build_split(cfg: Mapping, root: Path, split: str, image_size: int, seed: int
     Training items of unreadable videos come back marked ``broken`` (``dataset.skip_broken``),
     which ``TokenizeCollate`` drops and counts; val/test splits are checked up front instead.
     """
-    from data import MSRVTTDataset, MSVDDataset
+    import data
     name = cfg.get("name")
-    scheme = split_keyframes(cfg, split)
+    if name not in READERS:
+        raise ValueError(f"dataset.name={name!r}; expected one of {DATASETS}")
+    reader = READERS[name]
+    sampling = split_sampling(cfg, split)
     fc = cfg.get("frame_cache") or {}
-    md = cfg.get("maxdiff") or {}
     train = split == "train"
     options = dict(
-        split=split, video_dir=cfg.get("video_dir", "YouTubeClips" if name == "msvd" else "videos"),
-        caption_mode=cfg.get("caption_mode", "random") if train else "all",
-        fps=float(cfg.get("fps", 1.0)), max_frames=int(cfg.get("max_frames", 12)),
-        slice_framepos=cfg.get("slice_framepos", "uniform"),
+        split=split, sampling=sampling, caption_mode=cfg.get("caption_mode") if train else "all",
         frame_order=cfg.get("frame_order", "normal") if train else cfg.get("eval_frame_order", "normal"),
         image_size=image_size, seed=seed, normalize=bool(cfg.get("normalize", True)),
-        keyframes=scheme, maxdiff_step=int(md.get("step", 1)), maxdiff_blur=int(md.get("blur", 9)),
-        frame_cache=fc.get("use", "auto"), frame_cache_dir=frame_cache_dir(cfg, root, scheme),
+        frame_cache=fc.get("use", "auto"), frame_cache_dir=frame_cache_dir(cfg, root, sampling.scheme),
         frame_cache_size=int(fc.get("size", 224)), frame_cache_format=fc.get("format", "auto"),
         cache_frames=bool(cfg.get("cache_frames", False)),
         cache_budget_bytes=int(float(cfg.get("cache_budget_gb", 2.0)) * 2 ** 30),
@@ -77,9 +99,9 @@ def build_split(cfg: Mapping, root: Path, split: str, image_size: int, seed: int
         allow_missing=bool(cfg.get("allow_missing", False)) if allow_missing is None else allow_missing,
         verify=verify, progress=progress,
     )
-    if name == "msvd":
-        return MSVDDataset(root, captions_file=cfg.get("captions_file", "raw-captions.pkl"), **options)
-    return MSRVTTDataset(root, train_csv=cfg.get("train_csv", "MSRVTT_train.9k.csv"), **options)
+    # File names only when the config gives them: each reader owns its defaults.
+    files = {k: cfg[k] for k in reader.file_keys if cfg.get(k)}
+    return getattr(data, reader.cls)(root, **files, **options)
 
 
 def dataset_videos(cfg: Mapping, root: Path) -> Tuple[Dict[str, Path], Dict[str, str]]:

@@ -1,9 +1,17 @@
-"""Turn expected failures (bad paths, bad values, NaN losses) into one-line messages."""
+"""Expected failures and how the command lines report them: one line, exit status 2."""
 import contextlib
 import os
 import sys
 
-from ..download import DownloadError
+from .download import DownloadError
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the run stops without overwriting the last good checkpoint."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions...); the previous one is kept."""
 
 
 @contextlib.contextmanager
@@ -12,8 +20,6 @@ def user_errors():
     else keeps its traceback (a bug). CLIP4CLIP_TRACEBACK=1 shows the traceback always."""
     from data import VideoReadError
 
-    from .checkpoint import CheckpointWriteError
-    from .trainer import NonFiniteLossError
     try:
         yield
     except (FileNotFoundError, PermissionError, ValueError, KeyError, DownloadError,
