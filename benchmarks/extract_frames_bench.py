@@ -23,9 +23,7 @@ Prints a table and writes benchmarks/results/extract_frames.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -44,6 +42,9 @@ from data.keyframes import KeyframeParams  # noqa: E402
 from data.toy_datasets import write_video  # noqa: E402
 from data.transforms import clip_resize_crop  # noqa: E402
 from data.video import sample_frame_indices  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _report import machine_info, write_result  # noqa: E402
 
 REAL = REPO.parent / "shared" / "testdata" / "videos"
 REAL_CLIPS = ["arm_wrestling.mp4", "eye_makeup.avi", "pool_cleaning.mp4"]
@@ -171,16 +172,7 @@ def time_method(fn, videos: list[Path], repeats: int) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "opencv": cv2.__version__,
-            "numpy": np.__version__, "platform": platform.platform()}
+    return machine_info()
 
 
 def main(argv=None) -> dict:
@@ -216,8 +208,7 @@ def main(argv=None) -> dict:
               "real": REAL_CLIPS, "repeats": args.repeats, "results": results,
               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nwritten to {args.out}")
+    write_result(record, args.out)
     return record
 
 

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from data import KeyframeParams, MSRVTTDataset, collate_fn, default_cache_dir  # noqa: E402
 from data.extract import ExtractSettings, extract_to_cache  # noqa: E402
-from extract_frames_bench import _textures, machine, make_realistic_video  # noqa: E402
+from _report import machine_info as machine, write_result  # noqa: E402
+from extract_frames_bench import _textures, make_realistic_video  # noqa: E402
 
 FRAMES, SIZE = 12, 224
 
@@ -108,8 +109,7 @@ def main(argv=None) -> dict:
               "batch_size": args.batch_size, "bytes_per_clip": sizes, "results": results,
               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nwritten to {args.out}")
+    write_result(record, args.out)
     return record
 
 

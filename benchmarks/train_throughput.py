@@ -39,6 +39,9 @@ from clip4clip.engine.precision import autocast, grad_scaler  # noqa: E402
 from clip4clip.engine.step import ContrastiveStep, batch_to_device  # noqa: E402
 from clip4clip.model import CLIP4Clip  # noqa: E402
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _report import machine_info, write_result  # noqa: E402
+
 # name -> (CLIPConfig fields, max_words). tiny = configs/model/tiny.yaml.
 BACKBONES = {
     "tiny": (dict(embed_dim=128, image_resolution=32, vision_layers=4, vision_width=128, vision_patch_size=8,
@@ -262,11 +265,7 @@ def loader_throughput(args) -> dict:
 
 
 def machine(device) -> dict:
-    info = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
+    return machine_info(device)
 
 
 def main() -> int:
@@ -363,8 +362,7 @@ def _write(args, device, fields: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
               "machine": machine(device), "args": vars(args), **fields, "date": time.strftime("%Y-%m-%d")}
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written {out}")
+    write_result(result, out)
 
 
 if __name__ == "__main__":
