@@ -34,7 +34,7 @@ from .precision import grad_scaler, resolve_device, resolve_precision
 from .sampler import EpochSampler
 from .tensorboard import Logger
 from .run_folder import check_output_dir, save_config, write_json
-from .trainer import Trainer
+from .trainer import Trainer, TrainOptions, TrainParts
 
 
 def _positive(cfg: Mapping, section: str, *keys: str) -> None:
@@ -224,13 +224,10 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
                 f"({summary['percent']:.2f}%)", 0)
     extra = {"model_args": args, "tokenizer": tokenizer_state(tokenizer),
              "weights": "trainable" if acfg.get("save_trainable_only") and _base_recoverable(mcfg) else "full"}
-    trainer = Trainer(train_model, optimizer, scheduler, scaler, train_loader, sampler, device, precision,
-                      epochs=int(tr["epochs"]), out_dir=out, config=config, extra_state=extra,
-                      val_dataset=val_ds, eval_options=eval_options, grad_clip=float(opt.get("grad_clip") or 0.0),
-                      log_every=int(tr["log_every"]), checkpoint_every_steps=int(tr.get("checkpoint_every_steps") or 0),
-                      monitor=tr.get("monitor", "t2v/R1"), logger=logger, progress=progress,
-                      eval_every=int(tr.get("eval_every", 1)), vis_queries=int(tr.get("vis_queries", 4)),
-                      loss_fn=loss_fn, loss_chunk_size=int(tr.get("loss_chunk_size") or 0), dist=info)
+    trainer = Trainer(TrainParts(train_model, optimizer, scheduler, scaler, train_loader, sampler, loss_fn),
+                      TrainOptions.from_config(config, precision, progress), device=device, out_dir=out,
+                      config=config, extra_state=extra, val_dataset=val_ds, eval_options=eval_options,
+                      logger=logger, dist=info)
     if resume_ckpt is not None:
         trainer.restore(resume_ckpt)
         if info.is_main:

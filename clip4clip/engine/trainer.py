@@ -50,44 +50,73 @@ def monitor_value(metrics: dict, monitor: str) -> float:
     return float(metrics[direction][key])
 
 
+@dataclass
+class TrainParts:
+    """The built objects a run trains with. ``model`` may be wrapped in DistributedDataParallel;
+    ``loss_fn`` is this rank's ClipLoss (None: the single-process loss)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    train_loader: object
+    sampler: object
+    loss_fn: object = None
+
+
+@dataclass
+class TrainOptions:
+    """How the loop runs (the ``trainer`` / ``optim`` config values it needs).
+    ``loss_chunk_size`` > 0 runs the gradient cache (``gradcache.py``): the same step with the
+    activation memory of that many samples."""
+
+    epochs: int
+    precision: str = "fp32"
+    grad_clip: float = 1.0
+    log_every: int = 10
+    checkpoint_every_steps: int = 0
+    monitor: str = "t2v/R1"
+    eval_every: int = 1
+    vis_queries: int = 4
+    loss_chunk_size: int = 0
+    progress: bool = True
+
+    @classmethod
+    def from_config(cls, config: dict, precision: str, progress: bool) -> "TrainOptions":
+        tr, opt = config["trainer"], config["optim"]
+        return cls(epochs=int(tr["epochs"]), precision=precision, grad_clip=float(opt.get("grad_clip") or 0.0),
+                   log_every=int(tr["log_every"]), checkpoint_every_steps=int(tr.get("checkpoint_every_steps") or 0),
+                   monitor=tr.get("monitor", "t2v/R1"), eval_every=int(tr.get("eval_every") or 1),
+                   vis_queries=int(tr.get("vis_queries", 4)), loss_chunk_size=int(tr.get("loss_chunk_size") or 0),
+                   progress=progress)
+
+
 class Trainer:
-    def __init__(self, model, optimizer, scheduler, scaler, train_loader, sampler, device,
-                 precision: str, epochs: int, out_dir: Path, config: dict, extra_state: dict,
-                 val_dataset=None, eval_options: Optional[dict] = None, grad_clip: float = 1.0, log_every: int = 10,
-                 checkpoint_every_steps: int = 0, monitor: str = "t2v/R1",
-                 logger: Optional[Logger] = None, progress: bool = True,
-                 eval_every: int = 1, vis_queries: int = 4, is_main: bool = True,
-                 loss_fn=None, loss_chunk_size: int = 0, dist: Optional[DistInfo] = None):
-        """``model`` may be wrapped in DistributedDataParallel (``dist`` then says which rank this
-        is; ``loss_fn`` is that rank's ClipLoss). ``loss_chunk_size`` > 0 runs the gradient
-        cache (``gradcache.py``): same step, activation memory of that many samples."""
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.scaler = scaler
-        self.train_loader = train_loader
-        self.sampler = sampler
+    def __init__(self, parts: TrainParts, options: TrainOptions, *, device, out_dir: Path, config: dict,
+                 extra_state: dict, val_dataset=None, eval_options: Optional[dict] = None,
+                 logger: Optional[Logger] = None, dist: Optional[DistInfo] = None, is_main: bool = True):
+        """``config``: the resolved run config (stored in checkpoints); ``extra_state``: what else
+        checkpoints carry (model_args, tokenizer, weights kind); ``eval_options``: evaluate()
+        arguments besides model/dataset (tokenizer, max_words, batch_size, num_workers)."""
+        self.model, self.optimizer, self.scheduler = parts.model, parts.optimizer, parts.scheduler
+        self.scaler, self.train_loader, self.sampler = parts.scaler, parts.train_loader, parts.sampler
         self.val_dataset = val_dataset
-        # evaluate() arguments besides model/dataset: tokenizer, max_words, batch_size, num_workers
         self.eval_options = dict(eval_options or {})
         self.device = device
-        self.precision = precision
-        self.epochs = epochs
+        self.options = options
+        self.precision, self.epochs, self.grad_clip = options.precision, options.epochs, options.grad_clip
+        self.log_every, self.checkpoint_every_steps = options.log_every, options.checkpoint_every_steps
+        self.monitor, self.progress = options.monitor, options.progress
+        self.eval_every, self.vis_queries = options.eval_every, options.vis_queries
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.config = config
         self.extra_state = extra_state
-        self.grad_clip = grad_clip
-        self.log_every = log_every
-        self.checkpoint_every_steps = checkpoint_every_steps
-        self.monitor = monitor
         self.logger = logger or Logger(None)
-        self.progress = progress
-        self.eval_every = eval_every
-        self.vis_queries = vis_queries
         self.dist = dist or DistInfo()
         self.is_main = is_main and self.dist.is_main
-        self.step_fn = ContrastiveStep(model, loss_fn, device, precision, scaler, loss_chunk_size)
+        self.step_fn = ContrastiveStep(parts.model, parts.loss_fn, device, options.precision, parts.scaler,
+                                       options.loss_chunk_size)
         self.skipped_videos = 0     # unreadable training videos dropped by the collate (this rank)
         self.state = TrainState()
 
