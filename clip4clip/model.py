@@ -45,6 +45,14 @@ class CLIP4Clip(nn.Module):
     def embed_dim(self) -> int:
         return self.clip.embed_dim
 
+    def check_frames(self, max_frames: int) -> None:
+        """Refuse, before any work, a frame count the head's position table cannot take."""
+        limit = self.head.max_frames
+        if limit is not None and max_frames > limit:
+            raise ValueError(f"dataset.max_frames={max_frames} but the {self.head.name} head takes at most {limit} "
+                             f"frames (its position table); lower dataset.max_frames or raise it with "
+                             f"+model.head.num_positions={max_frames + getattr(self.head, 'num_positions', limit) - limit}")
+
     @property
     def two_tower(self) -> bool:
         """False for a cross-encoder head: no video embedding exists, pairs are scored jointly."""

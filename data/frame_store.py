@@ -170,7 +170,12 @@ class FrameStore:
         does not hold the frames ``keyframes`` would select, or is smaller than ``image_size``."""
         have = self.params.get("keyframes", {})
         want = keyframes.relevant()
-        diffs = [f"{k}: cache has {have.get(k)!r}, dataset wants {v!r}" for k, v in want.items() if have.get(k) != v]
+        # Both ways: a field the cache recorded and the dataset leaves at its default (e.g. the
+        # official frame rule) is a difference too. An absent rule means the exact rule.
+        default = {"rule": "exact"}
+        keys = dict.fromkeys([*want, *have])
+        diffs = [f"{k}: cache has {have.get(k, default.get(k))!r}, dataset wants {want.get(k, default.get(k))!r}"
+                 for k in keys if have.get(k, default.get(k)) != want.get(k, default.get(k))]
         if diffs:
             raise ValueError(
                 f"frame cache {self.directory} was extracted with other keyframe settings ({'; '.join(diffs)}). "

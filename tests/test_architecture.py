@@ -95,3 +95,19 @@ def test_an_exported_folder_is_a_checkpoint_everywhere(tmp_path, run_folder):
     b, _ = run_evaluation(compose_cfg("evaluate", [f"checkpoint={run_folder}", f"paths.output_dir={tmp_path / 'b'}",
                                                    "trainer.progress=false"]))
     assert a["metrics"] == b["metrics"]
+
+
+def test_too_many_frames_for_the_head_fail_before_training(tmp_path, run_folder):
+    from clip4clip.engine.run import run_training
+    cfg = compose_cfg("train", tiny_train_overrides(tmp_path / "run", run_folder.parent / "synthetic",
+                                                    ["trainer.epochs=1", "+model.head.num_positions=3"]))
+    with pytest.raises(ValueError, match=r"dataset.max_frames=4 but the seqTransf head takes at most 3"):
+        run_training(cfg)
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_extraction_uses_the_datasets_frame_rule():
+    from extract_frames import settings_from_config
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.to_container(compose_cfg("extract_frames", ["dataset=didemo"]), resolve=True)
+    assert settings_from_config(cfg).keyframes.rule == "official"

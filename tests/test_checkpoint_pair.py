@@ -152,33 +152,38 @@ def test_random_sigkills_end_with_the_uninterrupted_checkpoints_and_metrics(tmp_
         resume = [f"trainer.resume={out}"] if (out / "checkpoints" / "last.pt").exists() else []
         return [sys.executable, "train.py", *base, *resume, f"hydra.run.dir={out}"]
 
-    def training_started(proc, since_ns):
-        """Wait until the run has written its config.yaml (datasets and model are built then)."""
-        cfg = out / "config.yaml"
-        while proc.poll() is None:
-            if cfg.exists() and cfg.stat().st_mtime_ns > since_ns:
-                return time.perf_counter()
-            time.sleep(0.05)
-        return None
+    ckpts = out / "checkpoints"
 
-    # An uninterrupted run in the same folder first, to time the training part on this machine.
-    proc = subprocess.Popen(command(), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    t0 = training_started(proc, 0)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0 and t0 is not None, err.decode()[-2000:]
-    span = time.perf_counter() - t0
-    import shutil
-    shutil.rmtree(out)
+    def kill_at_a_write(proc, target: int, inside: bool) -> bool:
+        """SIGKILL ``proc`` when it starts its ``target``-th checkpoint write (a new temporary
+        file appears: the kill lands inside the write) or, ``inside`` False, a random moment
+        up to 0.2 s after it. False if the run ended first. Progress, not wall time, decides:
+        the machine may be loaded."""
+        seen, started = set(), 0
+        while proc.poll() is None:
+            try:
+                names = os.listdir(ckpts)
+            except FileNotFoundError:
+                names = []
+            fresh = [n for n in names if ".tmp-" in n and n not in seen]
+            seen.update(fresh)
+            started += len(fresh)
+            if started >= target:
+                if not inside:
+                    time.sleep(rng.uniform(0.0, 0.2))
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    return True
+                return False
+            time.sleep(0.001)
+        return False
+
     rng = random.Random(1234)
     kills = 0
-    for _ in range(6):
-        since = (out / "config.yaml").stat().st_mtime_ns if (out / "config.yaml").exists() else 0
+    for attempt in range(8):
         proc = subprocess.Popen(command(), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if training_started(proc, since) is not None:
-            time.sleep(rng.uniform(0.0, 0.6) * span)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
+        # Each run writes ~15 checkpoints (a last.pt per step, best.next.pt + last.pt per epoch).
+        kills += kill_at_a_write(proc, rng.randint(1, 5), inside=rng.random() < 0.5) if attempt < 6 else 0
         _, err = proc.communicate(timeout=300)
         assert proc.returncode in (0, -signal.SIGKILL), err.decode()[-2000:]
         if proc.returncode == 0:

@@ -178,8 +178,9 @@ def real_msvd(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("scheme", ["uniform", "maxdiff"])
 def test_cached_and_decoded_frames_are_identical_on_real_clips(real_msvd, scheme):
+    # The datasets below are built with the exact frame rule (their default); MSVD's config says official.
     cfg = compose_cfg("extract_frames", ["dataset=msvd", f"dataset.root={real_msvd}", f"keyframes={scheme}",
-                                         "max_frames=6", "size=64", "workers=0", "progress=false"])
+                                         "max_frames=6", "size=64", "workers=0", "progress=false", "frame_rule=exact"])
     report, _ = run_extraction(cfg)
     assert len(report.extracted) == 3
     kw = dict(image_size=64, max_frames=6, keyframes=scheme, frame_cache_size=64, normalize=False)
@@ -199,9 +200,11 @@ def test_cached_and_decoded_frames_are_identical_on_real_clips(real_msvd, scheme
 
 def test_unusable_cache_is_refused_with_a_clear_message(real_msvd):
     cfg = compose_cfg("extract_frames", ["dataset=msvd", f"dataset.root={real_msvd}", "max_frames=6", "size=64",
-                                         "workers=0", "progress=false"])
+                                         "workers=0", "progress=false", "frame_rule=exact"])
     run_extraction(cfg)
     kw = dict(keyframes="uniform", frame_cache_size=64)
+    with pytest.raises(ValueError, match=r"rule: cache has 'exact', dataset wants 'official'"):
+        MSVDDataset(real_msvd, "test", image_size=64, max_frames=6, frame_rule="official", **kw)
     with pytest.raises(ValueError, match=r"max_frames: cache has 6, dataset wants 4"):
         MSVDDataset(real_msvd, "test", image_size=64, max_frames=4, **kw)
     with pytest.raises(ValueError, match=r"64px frames but the model takes 96px"):

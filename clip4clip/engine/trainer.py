@@ -40,6 +40,9 @@ class TrainState:
     epoch_skipped: Dict[str, str] = field(default_factory=dict)
     epoch_captions: Dict[str, int] = field(default_factory=lambda: {"seen": 0, "cut": 0, "empty": 0})
     warned_captions: bool = False
+    # Losses of the current epoch's steps so far: a resumed epoch reports the mean over all of
+    # its steps, as an uninterrupted one (not only over those after the resume).
+    epoch_losses: List[float] = field(default_factory=list)
 
 
 def monitor_value(metrics: dict, monitor: str) -> float:
@@ -230,7 +233,7 @@ class Trainer:
         total = start + len(self.train_loader)
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.epochs}", initial=start,
                    total=total, disable=not (self.progress and self.is_main), leave=False)
-        losses, t0, clips = [], time.perf_counter(), 0
+        losses, t0, clips = self.state.epoch_losses, time.perf_counter(), 0
         for batch in bar:
             self.skipped_videos += int(batch.get("num_broken", 0))
             for video_id, reason in batch.get("broken", ()):
@@ -263,7 +266,9 @@ class Trainer:
                 t0, clips = time.perf_counter(), 0
             if self.checkpoint_every_steps and self.state.step % self.checkpoint_every_steps == 0:
                 self.save("last")
-        return {"loss": sum(losses) / max(len(losses), 1)}
+        mean = sum(losses) / max(len(losses), 1)
+        self.state.epoch_losses = []
+        return {"loss": mean}
 
     def _data_report(self, epoch: int) -> dict:
         """This epoch's skipped videos and caption counts over every rank, printed (skipped

@@ -60,6 +60,12 @@ class Head(nn.Module):
     official_extra_keys: tuple = ()
     official_ignored_keys: tuple = ()
 
+    @property
+    def max_frames(self):
+        """The most frames per video this head takes (its position table), or None: no limit.
+        Checked against ``dataset.max_frames`` before a run starts."""
+        return None
+
     def official_keys(self, official_sd: Mapping[str, torch.Tensor]) -> set:
         """The keys of an official checkpoint's non-CLIP part that this head accounts for; the
         loader refuses any other."""

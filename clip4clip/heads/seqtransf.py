@@ -37,7 +37,9 @@ class SeqTransf(TemporalHead):
         input. Padded frames are never attended to, so valid outputs ignore padding content."""
         t = frame_features.shape[1]
         if t > self.num_positions:
-            raise ValueError(f"{t} frames but the head has only {self.num_positions} frame positions")
+            raise ValueError(f"{self.name} head: {t} frames per video (dataset.max_frames={t}) but only "
+                             f"{self.num_positions} frame positions (model.head.num_positions={self.num_positions}); "
+                             f"set dataset.max_frames <= {self.num_positions} or raise model.head.num_positions")
         x = frame_features + self.frame_position_embeddings.weight[:t].to(frame_features.dtype)
         x = self.transformer(x, attn_mask=key_padding_mask(frame_mask))
         return x + frame_features
@@ -45,6 +47,10 @@ class SeqTransf(TemporalHead):
     def forward(self, frame_features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """[B, T, D], [B, T] -> [B, D] (L2-normalised)."""
         return mean_pool_normalized(self.contextualize(frame_features, frame_mask), frame_mask)
+
+    @property
+    def max_frames(self) -> int:
+        return self.num_positions
 
     def init_from_clip(self, clip_state_dict: Mapping[str, torch.Tensor]) -> None:
         """Frame positions <- text positional embedding; block i <- text block i."""

@@ -118,8 +118,10 @@ class TightTransf(Head):
         """Aligned pairs: text [N, D] with video frames [N, T, D] and mask [N, T] -> logits [N]."""
         n, t, d = frames.shape
         if t + 1 > self.num_positions:
-            raise ValueError(f"{t} frames need {t + 1} positions but tightTransf has {self.num_positions} "
-                             f"(num_positions)")
+            raise ValueError(f"tightTransf head: {t} frames per video (dataset.max_frames={t}) need {t + 1} positions "
+                             f"(text + frames) but its position table has {self.num_positions} rows "
+                             f"(model.head.num_positions={self.num_positions}); set dataset.max_frames <= "
+                             f"{self.num_positions - 1} or raise model.head.num_positions")
         if text.shape != (n, d) or frame_mask.shape != (n, t):
             raise ValueError(f"tightTransf takes text [N, D], frames [N, T, D], mask [N, T]; got "
                              f"{tuple(text.shape)}, {tuple(frames.shape)}, {tuple(frame_mask.shape)}")
@@ -155,6 +157,10 @@ class TightTransf(Head):
         return torch.cat(rows) if rows else text.new_zeros(0, bv)
 
     # ------------------------------------------------------------------ weights
+    @property
+    def max_frames(self) -> int:
+        return self.num_positions - 1  # one position is the text feature's
+
     def init_from_clip(self, clip_state_dict: Mapping[str, torch.Tensor]) -> None:
         """As upstream's ``from_pretrained``: positions <- CLIP's text positional embedding,
         block i <- text block i (the first ``num_layers``). The pooler and ``similarity_dense``

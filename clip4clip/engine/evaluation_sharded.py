@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from .distributed import DistInfo, broadcast_object, gather_objects
-from .evaluation import EncodedSplit, encode_split, encode_texts_and_videos, evaluate, split_metrics
+from .evaluation import (EncodedSplit, Postprocess, Querybank, encode_split,
+                         encode_texts_and_videos, evaluate_with_postprocessing, score_split)
 
 
 class NormalizeOnDevice(nn.Module):
@@ -143,15 +144,31 @@ def evaluate_distributed(model, dataset, info: DistInfo, tokenizer, max_words: i
                          desc: str = "eval"):
     """``evaluation.evaluate`` over all ranks. -> (metrics on every rank, EncodedSplit on rank 0
     and None on the others). One process: exactly ``evaluate``. Accepts uint8 videos."""
-    model = NormalizeOnDevice(model)  # a cross-encoder's scoring (split_metrics) runs on rank 0
+    metrics, _, enc = evaluate_distributed_with_postprocessing(
+        model, dataset, info, tokenizer, max_words, batch_size, device, precision, num_workers, progress, desc)
+    return metrics, enc
+
+
+def evaluate_distributed_with_postprocessing(model, dataset, info: DistInfo, tokenizer, max_words: int,
+                                             batch_size: int, device, precision: str = "fp32",
+                                             num_workers: int = 0, progress: bool = True, desc: str = "eval",
+                                             post: Optional[Postprocess] = None,
+                                             querybank: Optional[Querybank] = None):
+    """``evaluation.evaluate_with_postprocessing`` over all ranks -> (plain metrics and
+    PostprocessedMetrics on every rank, EncodedSplit on rank 0 and None on the others). The
+    scoring, post-processing and querybank encoding run on rank 0 (``querybank`` is only read
+    there)."""
+    model = NormalizeOnDevice(model)  # a cross-encoder's scoring (score_split) runs on rank 0
     if not info.enabled:
-        return evaluate(model, dataset, tokenizer, max_words, batch_size, device, precision,
-                        num_workers, progress, desc)
+        return evaluate_with_postprocessing(model, dataset, tokenizer, max_words, batch_size, device, precision,
+                                            num_workers, progress, desc, post, querybank)
     share = _encode_share(model, dataset, info, tokenizer, max_words, batch_size, device, precision,
                           num_workers, progress and info.is_main, desc)
     shares = gather_objects(share)
-    enc = metrics = None
+    enc = scored = None
     if info.is_main:
         enc = merge_shares(shares)
-        metrics = split_metrics(enc, model, precision)
-    return broadcast_object(metrics), enc
+        scored = score_split(enc, model, precision, post, querybank, tokenizer=tokenizer, max_words=max_words,
+                             batch_size=batch_size, device=device, progress=progress)
+    metrics, processed = broadcast_object(scored)
+    return metrics, processed, enc

@@ -7,20 +7,22 @@ overrides on top), an official CLIP4Clip ``pytorch_model.bin.N``, a released CLI
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Tuple
+import warnings
+from typing import Any, Dict, Iterable, Mapping, Tuple
 
 from ..builder import to_plain
 from ..checkpoints import model_and_tokenizer, read_checkpoint
 from ..metrics import format_table
 from .checkpoint import seed_everything
 from data.splits import build_split, dataset_root
-from .evaluation import evaluate
+from .evaluation import Postprocess, Querybank, draw_querybank, evaluate_with_postprocessing
 from .precision import resolve_device, resolve_precision
 from .run import resolve_workers
 from .run_folder import check_output_dir, save_config, write_json
 
-# Sections of the evaluation config that describe the run itself, not the model or data.
-_RUN_KEYS = ("checkpoint", "split", "trainer", "paths", "seed", "task_name")
+# Sections of the evaluation config that describe the run itself, not the model or data
+# (``eval``: post-processing is chosen per evaluation, not taken from the checkpoint).
+_RUN_KEYS = ("checkpoint", "split", "trainer", "paths", "seed", "task_name", "eval")
 
 
 def merge_overrides(base: dict, composed: dict, overrides: Iterable[str]) -> dict:
@@ -38,8 +40,28 @@ def merge_overrides(base: dict, composed: dict, overrides: Iterable[str]) -> dic
     return OmegaConf.to_container(merged, resolve=True)
 
 
+def training_querybank(dcfg: Mapping, root, post: Postprocess, image_size: int, seed: int) -> Querybank:
+    """The QB-Norm / IS querybank: ``eval.querybank.size`` captions of the dataset's TRAINING
+    split (never the split being evaluated). Only the captions are needed, so the training
+    split is read without its frame cache and without checking its videos; captions of training
+    videos that are missing are left out (``available`` says how many there were to draw from)."""
+    from data import EmptySplitError, MissingVideosWarning
+    listing = {**dcfg, "frame_cache": {**(dcfg.get("frame_cache") or {}), "use": False}, "cache_frames": False}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MissingVideosWarning)
+            train = build_split(listing, root, "train", image_size, seed, progress=False, allow_missing=True,
+                                verify=False)
+    except EmptySplitError:
+        raise ValueError(f"eval.postprocess={','.join(post.methods)} draws its querybank from the training "
+                         f"split's captions, but none of {dcfg['name']}'s training videos is under {root}, "
+                         "so no training caption could be read") from None
+    return draw_querybank(train.captions, post.querybank_size, post.querybank_seed)
+
+
 def run_evaluation(cfg, overrides: Iterable[str] = ()) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     composed = to_plain(cfg)
+    post = Postprocess.from_config(composed.get("eval"))  # a bad value is refused before anything is read
     out = check_output_dir(composed["paths"]["output_dir"])
     kind, payload, source = read_checkpoint(str(composed["checkpoint"]))  # a file, run folder or CLIP name
     config = composed
@@ -61,8 +83,12 @@ def run_evaluation(cfg, overrides: Iterable[str] = ()) -> Tuple[Dict[str, Any], 
     split = config.get("split", "test")
     image_size = model.clip.visual.input_resolution
     ds = build_split(dcfg, root, split, image_size, int(config.get("seed", 0)), progress)
-    metrics, enc = evaluate(model, ds, tokenizer, int(config["model"]["max_words"]), int(tr["eval_batch_size"]),
-                            device, precision, resolve_workers(tr["num_workers"]), progress, desc=split)
+    model.check_frames(ds.max_frames)
+    querybank = training_querybank(dcfg, root, post, image_size, int(config.get("seed", 0))) \
+        if post.needs_querybank else None
+    metrics, processed, enc = evaluate_with_postprocessing(
+        model, ds, tokenizer, int(config["model"]["max_words"]), int(tr["eval_batch_size"]), device, precision,
+        resolve_workers(tr["num_workers"]), progress, desc=split, post=post, querybank=querybank)
     # Only reachable with dataset.allow_missing=true; otherwise the split refused to build.
     missing = list(getattr(ds, "missing_videos", []) or [])
     caveat = (f"\nWARNING: {len(missing)} video(s) of the split were missing or unreadable and are "
@@ -70,7 +96,11 @@ def run_evaluation(cfg, overrides: Iterable[str] = ()) -> Tuple[Dict[str, Any], 
               f"comparable to the full split." if missing else "")
     print(f"{kind} checkpoint {composed['checkpoint']} on {dcfg['name']} {split} "
           f"({len(enc.texts)} captions, {len(enc.video_ids)} videos):\n{format_table(metrics)}{caveat}", flush=True)
-    result = {"metrics": metrics, "checkpoint": str(composed["checkpoint"]), "checkpoint_kind": kind,
+    if processed:
+        print(processed.format(), flush=True)
+    # Post-processed metrics sit beside the plain ones ("metrics" is always the plain ranking).
+    result = {"metrics": metrics, "postprocessed": processed.metrics, "postprocess_settings": processed.settings,
+              "checkpoint": str(composed["checkpoint"]), "checkpoint_kind": kind,
               "dataset": dcfg["name"], "split": split, "num_texts": len(enc.texts),
               "num_videos": len(enc.video_ids), "missing_videos": missing}
     save_config(config, out)

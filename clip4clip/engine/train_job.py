@@ -26,7 +26,8 @@ from ..metrics import format_table
 from .checkpoint import load_checkpoint, reconcile_best, resolve_resume_path, seed_everything
 from .collate import TokenizeCollate
 from data.splits import build_split, dataset_root, val_split_name
-from .dist_eval import evaluate_distributed
+from .dist_eval import evaluate_distributed_with_postprocessing
+from .evaluation import Postprocess, draw_querybank
 from .distributed import (DistInfo, all_gather_with_grad, barrier, broadcast_object, broadcast_parameters,
                           init_distributed, main_process_first, shutdown, wrap_ddp)
 from .optim import build_optimizer, build_scheduler, pretrained_names
@@ -179,6 +180,7 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
     if model.clip.visual.input_resolution != image_size:
         raise ValueError(f"model.image_size={image_size} but the CLIP model takes "
                          f"{model.clip.visual.input_resolution}px images; set model.image_size accordingly")
+    model.check_frames(train_ds.max_frames)
     args = model_args(model, mcfg, acfg)
     if resume_ckpt is not None and resume_ckpt.get("model_args") != args:
         raise ValueError(f"trainer.resume={tr['resume']} holds a different model "
@@ -193,6 +195,7 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
     train_loader = _loader(train_ds, batch_size, collate, workers, device, sampler=sampler)
     eval_options = {"tokenizer": tokenizer, "max_words": int(mcfg["max_words"]),
                     "batch_size": int(tr["eval_batch_size"]), "num_workers": workers}
+    post = Postprocess.from_config(config.get("eval"))  # the final test's post-processing, checked now
 
     optimizer = build_optimizer(model, lr=float(opt["lr"]), coef_lr=float(opt["coef_lr"]),
                                 pretrained=pretrained_names(model),
@@ -247,15 +250,25 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
                              f"not the best epoch {state['best_epoch']}; refusing to test the wrong weights")
         trainer.load_weights(best)
     broadcast_parameters(model)
-    test_metrics, _ = evaluate_distributed(model, test_ds, info, device=device, precision=precision,
-                                           progress=progress, desc="test", **eval_options)
-    metrics = {"test": test_metrics, "best_epoch": state["best_epoch"],
+    # QB-Norm / IS querybank: training captions (rank 0 scores it), never the test captions.
+    querybank = draw_querybank(train_ds.captions, post.querybank_size, post.querybank_seed) \
+        if post.needs_querybank and info.is_main else None
+    test_metrics, test_post, _ = evaluate_distributed_with_postprocessing(
+        model, test_ds, info, device=device, precision=precision, progress=progress, desc="test",
+        post=post, querybank=querybank, **eval_options)
+    # Post-processed test metrics sit beside the plain ones: "test" is always the plain ranking.
+    metrics = {"test": test_metrics, "test_postprocessed": test_post.metrics,
+               "postprocess_settings": test_post.settings, "best_epoch": state["best_epoch"],
                "val": next((h["val"] for h in state["history"] if h["epoch"] == state["best_epoch"] and "val" in h), None),
                "history": state["history"], "output_dir": str(out), **data_summary(state["history"])}
     if info.is_main:
         print(f"\ntest ({len(test_ds)} captions, checkpoint from epoch {state['best_epoch']}):\n"
               f"{format_table(test_metrics)}", flush=True)
+        if test_post:
+            print(test_post.format(), flush=True)
         logger.metrics(test_metrics, state["step"], prefix="test")
+        for name, m in test_post.metrics.items():
+            logger.metrics(m, state["step"], prefix=f"test_postprocessed/{name}")
         write_json(metrics, out / "metrics.json")
     logger.close()
     return metrics, {"model": model, "tokenizer": tokenizer, "trainer": trainer, "output_dir": out}
