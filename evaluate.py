@@ -10,7 +10,7 @@ from clip4clip.errors import user_errors
 
 @hydra.main(config_path="configs", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from clip4clip.engine.evaluate_run import run_evaluation
+    from clip4clip.engine.evaluate_job import run_evaluation
     with user_errors():
         result, _ = run_evaluation(cfg, overrides=HydraConfig.get().overrides.task)
     return result["metrics"]["t2v"]["R1"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _report import machine_info, write_result  # noqa: E402
 
 
 def main() -> int:
@@ -47,16 +48,13 @@ def main() -> int:
         "command": " ".join(["python train.py +experiment=demo", *args.overrides]),
         "fresh_data": args.fresh_data, "wall_s": round(wall, 1),
         "test_t2v": t2v, "test_v2t": metrics["test"]["v2t"], "best_epoch": metrics["best_epoch"],
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine_info(),
         "targets": {"wall_s_max": 300, "t2v_R1_min": 80.0},
         "pass": wall < 300 and t2v["R1"] >= 80.0,
     }
     print(f"\n{'wall (s)':>10} {'t2v R@1':>8} {'R@5':>6} {'R@10':>6} {'MdR':>5} {'MnR':>6}  pass")
     print(f"{wall:10.1f} {t2v['R1']:8.1f} {t2v['R5']:6.1f} {t2v['R10']:6.1f} {t2v['MdR']:5.1f} {t2v['MnR']:6.1f}  {result['pass']}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written {out}")
+    write_result(result, Path(args.out))
     return 0
 
 

@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO))
 from data.extract import ExtractSettings, extract_one  # noqa: E402
 from data.frame_store import write_video_frames  # noqa: E402
 from data.keyframes import KeyframeParams  # noqa: E402
-from data.toy_datasets import write_video  # noqa: E402
+sys.path.insert(0, str(REPO / "tests"))  # the toy video writer lives with the tests
+from toy_datasets import write_video  # noqa: E402
 from data.transforms import clip_resize_crop  # noqa: E402
 from data.video import sample_frame_indices  # noqa: E402
 

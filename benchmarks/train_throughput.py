@@ -238,7 +238,7 @@ def loader_throughput(args) -> dict:
 
     from clip4clip.engine.collate import TokenizeCollate
     from data.splits import build_split, dataset_root
-    from clip4clip.engine.run import resolve_workers
+    from clip4clip.engine.train_job import resolve_workers
     from clip4clip.tokenizer import WordTokenizer
     arch, words = BACKBONES[args.backbone]
     size = CLIPConfig(**arch).image_resolution

@@ -15,7 +15,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from data.toy_datasets import write_video
+from toy_datasets import write_video
 
 S = 16
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "grey", "pink")

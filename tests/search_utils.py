@@ -57,7 +57,7 @@ def real_videos() -> Path:
 def trained_run(base: Path) -> dict:
     """{'checkpoint': best.pt, 'data': synthetic dataset root, 'run': run folder}, trained once."""
     if "run" not in _cache:
-        from clip4clip.engine.run import run_training
+        from clip4clip.engine.train_job import run_training
         run, data = base / "run", base / "synthetic"
         cfg = compose_cfg("train", [*TRAIN_OVERRIDES, f"dataset.root={data}", f"paths.output_dir={run}"])
         run_training(cfg)

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from clip4clip.checkpoints import load_model, read_checkpoint
-from clip4clip.engine.evaluate_run import run_evaluation
-from clip4clip.engine.run import run_training
+from clip4clip.engine.evaluate_job import run_evaluation
+from clip4clip.engine.train_job import run_training
 from data import KeyframeParams
 from framework_utils import REPO, compose_cfg, tiny_train_overrides
 
@@ -98,7 +98,7 @@ def test_an_exported_folder_is_a_checkpoint_everywhere(tmp_path, run_folder):
 
 
 def test_too_many_frames_for_the_head_fail_before_training(tmp_path, run_folder):
-    from clip4clip.engine.run import run_training
+    from clip4clip.engine.train_job import run_training
     cfg = compose_cfg("train", tiny_train_overrides(tmp_path / "run", run_folder.parent / "synthetic",
                                                     ["trainer.epochs=1", "+model.head.num_positions=3"]))
     with pytest.raises(ValueError, match=r"dataset.max_frames=4 but the seqTransf head takes at most 3"):

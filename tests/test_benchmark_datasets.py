@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from benchmark_layouts import WRITERS, add_bad_records, didemo_paragraphs
-from clip4clip.engine.run import run_training
+from clip4clip.engine.train_job import run_training
 from data.didemo import AnnotationError
 from framework_utils import REPO, TINY_MODEL, compose_cfg
 

@@ -15,7 +15,7 @@ import torch
 from clip4clip.engine import checkpoint as ckpt_mod
 from clip4clip.engine import trainer as trainer_mod
 from clip4clip.engine.checkpoint import BEST_PENDING, CheckpointWriteError, load_checkpoint
-from clip4clip.engine.run import run_training
+from clip4clip.engine.train_job import run_training
 from framework_utils import REPO, compose_cfg, tiny_train_overrides
 
 # Without a validation split every epoch is "the best so far": each epoch end writes the pair.

@@ -20,7 +20,7 @@ from data import (
     VideoReadError,
     collate_fn,
 )
-from data.toy_datasets import write_msrvtt_folder
+from toy_datasets import write_msrvtt_folder
 
 S = 16
 

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from clip4clip.engine.dist_eval import _encode_share, evaluate_distributed, merge_shares
+from clip4clip.engine.evaluation_sharded import _encode_share, evaluate_distributed, merge_shares
 from clip4clip.engine.distributed import DistInfo, all_gather_with_grad, env_info, wrap_ddp
 from clip4clip.engine.step import ContrastiveStep, logit_scale
 from clip4clip.loss import ClipLoss, contrastive_loss
@@ -155,8 +155,7 @@ def test_evaluation_shards_merge_into_the_single_process_split(world_size):
     opts = dict(tokenizer=tok, max_words=8, batch_size=2, device=torch.device("cpu"), precision="fp32",
                 num_workers=0, progress=False, desc="t")
     _, want = evaluate_distributed(model, data, DistInfo(), **opts)
-    from clip4clip.engine.dist_eval import NormalizeOnDevice
-    shares = [_encode_share(NormalizeOnDevice(model), data, DistInfo(r, world_size), **opts) for r in range(world_size)]
+    shares = [_encode_share(model, data, DistInfo(r, world_size), **opts) for r in range(world_size)]
     got = merge_shares(shares)
     assert got.texts == want.texts and got.video_ids == want.video_ids
     assert torch.equal(got.text_video_index, want.text_video_index)
@@ -168,7 +167,7 @@ def test_evaluation_shards_merge_into_the_single_process_split(world_size):
 @pytest.mark.slow
 def test_torchrun_two_processes_train_like_one_process_and_only_rank0_writes(tmp_path):
     """2 gloo processes x batch 8, chunked loss, uint8 frames, against 1 process x batch 16."""
-    from clip4clip.engine.run import run_training
+    from clip4clip.engine.train_job import run_training
     from framework_utils import compose_cfg, tiny_train_overrides
     common = ["trainer.epochs=1", "trainer.device=cpu", "trainer.vis_queries=1", "trainer.tensorboard=true"]
     single, _ = run_training(compose_cfg("train", tiny_train_overrides(tmp_path / "one", tmp_path / "syn", common)))

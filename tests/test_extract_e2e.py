@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from data.splits import build_split, split_sampling
-from clip4clip.engine.run import run_training
+from clip4clip.engine.train_job import run_training
 from data.frame_store import load_manifest
-from data.toy_datasets import write_msrvtt_folder
+from toy_datasets import write_msrvtt_folder
 from extract_frames import run_extraction
 from framework_utils import TINY_MODEL, compose_cfg
 

@@ -10,7 +10,7 @@ import pytest
 
 from data import seeking
 from data.keyframes import KeyframeParams, diff_score_image, select_keyframes, top_k_in_order
-from data.toy_datasets import write_cut_video, write_video
+from toy_datasets import write_cut_video, write_video
 from data.video import VideoReadError, VideoTruncatedWarning, sample_frame_indices
 
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "videos"

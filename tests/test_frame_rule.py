@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data.toy_datasets import write_video
+from toy_datasets import write_video
 from data.video import FRAME_RULES, _decode_selected, probe_video, sample_frame_indices
 
 CLIPS = ("arm_wrestling.mp4", "eye_makeup.avi", "pool_cleaning.mp4")

@@ -15,8 +15,8 @@ from clip4clip.builder import build_model
 from clip4clip.clip import CLIP, CLIPConfig
 from clip4clip.engine import trainer as trainer_mod
 from clip4clip.engine.checkpoint import load_checkpoint
-from clip4clip.engine.evaluate_run import run_evaluation
-from clip4clip.engine.run import run_training
+from clip4clip.engine.evaluate_job import run_evaluation
+from clip4clip.engine.train_job import run_training
 from framework_utils import CONFIGS, REPO, compose_cfg, tiny_train_overrides
 
 GROUP_DIRS = [p for p in CONFIGS.iterdir() if p.is_dir()]

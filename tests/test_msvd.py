@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from clip4clip.engine.evaluate_run import run_evaluation
-from clip4clip.engine.run import run_training
+from clip4clip.engine.evaluate_job import run_evaluation
+from clip4clip.engine.train_job import run_training
 from data import MissingDataError, MSVDDataset, collate_fn
-from data.toy_datasets import write_msvd_folder
+from toy_datasets import write_msvd_folder
 from framework_utils import TINY_MODEL, compose_cfg
 
 S = 16

@@ -15,7 +15,7 @@ from data.activitynet import ActivityNetDataset
 from data.base import MissingDataError, MissingVideosWarning
 from data.didemo import AnnotationError, DiDeMoDataset
 from data.lsmdc import LSMDCDataset, lsmdc_movie
-from data.toy_datasets import write_video
+from toy_datasets import write_video
 
 S = 16
 OPTS = {"image_size": S, "max_frames": 4, "progress": False}

@@ -12,14 +12,14 @@ import torch
 
 from benchmark_layouts import write_didemo
 from clip4clip.builder import build_model, build_tokenizer
-from clip4clip.engine.evaluate_run import run_evaluation, training_querybank
+from clip4clip.engine.evaluate_job import run_evaluation, training_querybank
 from clip4clip.engine.evaluation import (Postprocess, draw_querybank, evaluate, evaluate_with_postprocessing,
                                          similarity_matrix)
-from clip4clip.engine.run import run_training
+from clip4clip.engine.train_job import run_training
 from clip4clip.metrics import flatten, retrieval_metrics, retrieval_metrics_multi
 from clip4clip.postprocess import dual_softmax, inverted_softmax, qb_norm
 from data.splits import build_split
-from data.toy_datasets import write_msvd_folder
+from toy_datasets import write_msvd_folder
 from framework_utils import TINY_MODEL, compose_cfg
 
 ALL = ["dsl", "qbnorm", "isoftmax"]

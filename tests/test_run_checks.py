@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from clip4clip.engine.run import run_training
+from clip4clip.engine.train_job import run_training
 from data import MissingDataError
 from framework_utils import compose_cfg, tiny_train_overrides
 

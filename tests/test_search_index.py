@@ -87,7 +87,7 @@ def test_caption_search_finds_its_video_in_the_top_3(synth_index, run):
 def test_scores_are_the_evaluation_similarity(synth_index, run, tmp_path):
     """The index ranks by exactly what evaluate.py measures: same video embeddings (up to
     float16 storage) and cosine similarity with the same text embeddings."""
-    from clip4clip.engine.evaluate_run import run_evaluation
+    from clip4clip.engine.evaluate_job import run_evaluation
     from framework_utils import compose_cfg
     cfg = compose_cfg("evaluate", [f"checkpoint={run['checkpoint']}", f"paths.output_dir={tmp_path / 'eval'}",
                                    "trainer.num_workers=0", "trainer.progress=false"])

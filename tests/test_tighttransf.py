@@ -13,9 +13,9 @@ from clip4clip.official import load_official_checkpoint
 from clip4clip.builder import build_model
 from clip4clip.clip import CLIP, CLIPConfig
 from clip4clip.engine import evaluation
-from clip4clip.engine.evaluate_run import run_evaluation
+from clip4clip.engine.evaluate_job import run_evaluation
 from clip4clip.engine.evaluation import EncodedSplit, encode_split, split_metrics
-from clip4clip.engine.run import run_training
+from clip4clip.engine.train_job import run_training
 from clip4clip.engine.step import ContrastiveStep
 from clip4clip.heads import TightTransf, build_head
 from clip4clip.loss import ClipLoss
@@ -413,7 +413,7 @@ def _tokenize(texts, max_words):
 
 
 def test_two_stream_and_sharded_evaluation_of_a_cross_encoder():
-    from clip4clip.engine.dist_eval import NormalizeOnDevice, _encode_share, evaluate_distributed, merge_shares
+    from clip4clip.engine.evaluation_sharded import _encode_share, evaluate_distributed, merge_shares
     from clip4clip.engine.distributed import DistInfo
     model = CLIP4Clip.from_clip(tiny_clip(layers=2), "tightTransf", num_layers=1)
     data = _TwoStreamSplit()
@@ -423,7 +423,7 @@ def test_two_stream_and_sharded_evaluation_of_a_cross_encoder():
     assert enc.cross and enc.video_mask.tolist() == data._videos.masks.tolist()
     assert enc.video_emb.shape == (5, 3, D) and len(enc.texts) == 9
     for world_size in (2, 3):
-        shares = [_encode_share(NormalizeOnDevice(model), data, DistInfo(r, world_size), **opts)
+        shares = [_encode_share(model, data, DistInfo(r, world_size), **opts)
                   for r in range(world_size)]
         merged = merge_shares(shares)
         assert torch.equal(merged.video_mask, enc.video_mask)

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .synthetic_render import BACKGROUNDS, COLORS, all_combos, canonical_caption, make_clip_spec, paraphrases, render_clip
+from data.synthetic_render import BACKGROUNDS, COLORS, all_combos, canonical_caption, make_clip_spec, paraphrases, render_clip
 
 __all__ = ["write_cut_video", "write_msrvtt_folder", "write_msvd_folder", "write_video"]
 

@@ -2,7 +2,7 @@
 of the global-batch loss, and the few collectives the training loop needs.
 
 The only module of the package that calls ``torch.distributed`` for training (evaluation's
-gather lives beside it in ``dist_eval.py``). Nothing happens at import time; a run started
+gather lives beside it in ``evaluation_sharded.py``). Nothing happens at import time; a run started
 without torchrun (no ``WORLD_SIZE``) never touches a process group.
 
 Why the loss is exact (``clip4clip.loss.ClipLoss``). Rank r holds b_r samples of the global

@@ -17,7 +17,7 @@ from .checkpoint import seed_everything
 from data.splits import build_split, dataset_root
 from .evaluation import Postprocess, Querybank, draw_querybank, evaluate_with_postprocessing
 from .precision import resolve_device, resolve_precision
-from .run import resolve_workers
+from .train_job import resolve_workers
 from .run_folder import check_output_dir, save_config, write_json
 
 # Sections of the evaluation config that describe the run itself, not the model or data

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..metrics import format_table, retrieval_metrics, retrieval_metrics_multi
 from ..postprocess import DSL_TEMPERATURE, POSTPROCESSORS, QB_BETA, QB_K, QUERYBANK_METHODS
 from .precision import autocast
+from .step import batch_to_device
 
 # Cross-encoder scoring: (text, video) sequences per pass, i.e. texts per pass = this // videos.
 # 8192 sequences of 13 tokens x 512 are ~220 MB per activation in float32.
@@ -49,7 +50,9 @@ class EncodedSplit:
 
 
 def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """The batch on ``device``; uint8 videos (datasets built with ``normalize=False``) are
+    CLIP-normalised there, exactly as the training step does (``step.batch_to_device``)."""
+    return batch_to_device(batch, device)
 
 
 def _encode_videos(model, video: torch.Tensor, mask: torch.Tensor, weights: list) -> torch.Tensor:
@@ -147,8 +150,8 @@ def encode_texts_and_videos(model, dataset, tokenizer, max_words: int, batch_siz
                         pin_memory=device.type == "cuda")
     video_ids, video_embs, weights, masks = [], [], [], []
     for batch in tqdm(loader, desc=f"{desc} videos", disable=not progress, leave=False):
-        video = batch["video"].to(device, non_blocking=True)
-        mask = batch["video_mask"].to(device, non_blocking=True)
+        moved = _to({"video": batch["video"], "video_mask": batch["video_mask"]}, device)
+        video, mask = moved["video"], moved["video_mask"]
         with autocast(device, precision):
             v = _encode_videos(model, video, mask, weights)
         video_embs.append(v.float().cpu())

@@ -10,59 +10,11 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from .distributed import DistInfo, broadcast_object, gather_objects
 from .evaluation import (EncodedSplit, Postprocess, Querybank, encode_split,
                          encode_texts_and_videos, evaluate_with_postprocessing, score_split)
-
-
-class NormalizeOnDevice(nn.Module):
-    """The evaluation interface of a CLIP4Clip (encode_text / encode_frames / encode_video /
-    head, and the retrieval interface text_features / video_features / score) taking uint8
-    videos, which it CLIP-normalises on their device first. Float videos pass through
-    unchanged. Used when the datasets ship uint8 frames (``normalize=False``)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    @property
-    def head(self):
-        return self.model.head
-
-    @property
-    def two_tower(self) -> bool:
-        return self.model.two_tower
-
-    @staticmethod
-    def _float(video: torch.Tensor) -> torch.Tensor:
-        if video.dtype != torch.uint8:
-            return video
-        from data.transforms import normalize_uint8
-        return normalize_uint8(video)
-
-    def encode_text(self, *args, **kwargs):
-        return self.model.encode_text(*args, **kwargs)
-
-    def encode_frames(self, video, **context):
-        return self.model.encode_frames(self._float(video), **context)
-
-    def encode_video(self, video, video_mask):
-        return self.model.encode_video(self._float(video), video_mask)
-
-    def text_features(self, *args, **kwargs):
-        return self.model.text_features(*args, **kwargs)
-
-    def video_features(self, video, video_mask):
-        return self.model.video_features(self._float(video), video_mask)
-
-    def score(self, *args, **kwargs):
-        return self.model.score(*args, **kwargs)
-
-    def forward(self, input_ids, attention_mask, video, video_mask):
-        return self.model(input_ids, attention_mask, self._float(video), video_mask)
 
 
 class _VideoShard:
@@ -158,7 +110,6 @@ def evaluate_distributed_with_postprocessing(model, dataset, info: DistInfo, tok
     PostprocessedMetrics on every rank, EncodedSplit on rank 0 and None on the others). The
     scoring, post-processing and querybank encoding run on rank 0 (``querybank`` is only read
     there)."""
-    model = NormalizeOnDevice(model)  # a cross-encoder's scoring (score_split) runs on rank 0
     if not info.enabled:
         return evaluate_with_postprocessing(model, dataset, tokenizer, max_words, batch_size, device, precision,
                                             num_workers, progress, desc, post, querybank)

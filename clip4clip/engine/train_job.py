@@ -26,7 +26,7 @@ from ..metrics import format_table
 from .checkpoint import load_checkpoint, reconcile_best, resolve_resume_path, seed_everything
 from .collate import TokenizeCollate
 from data.splits import build_split, dataset_root, val_split_name
-from .dist_eval import evaluate_distributed_with_postprocessing
+from .evaluation_sharded import evaluate_distributed_with_postprocessing
 from .evaluation import Postprocess, draw_querybank
 from .distributed import (DistInfo, all_gather_with_grad, barrier, broadcast_object, broadcast_parameters,
                           init_distributed, main_process_first, shutdown, wrap_ddp)

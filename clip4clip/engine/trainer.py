@@ -1,7 +1,7 @@
 """The training loop: one epoch at a time, evaluation each epoch, checkpoints and resume.
 
 Objects come in fully built (model, optimiser, loaders...), so the loop knows nothing about
-configuration files; ``run.py`` builds them from the Hydra config. Under torchrun every rank runs
+configuration files; ``train_job.py`` builds them from the Hydra config. Under torchrun every rank runs
 this loop on its shard of each global batch; only rank 0 writes checkpoints and logs.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..errors import NonFiniteLossError  # noqa: F401  (raised here; tests impor
 from ..metrics import format_table
 from ..model import MAX_LOGIT_SCALE
 from .checkpoint import BEST_PENDING, FORMAT, atomic_save, promote_best, rng_state, set_rng_state
-from .dist_eval import evaluate_distributed
+from .evaluation_sharded import evaluate_distributed
 from .distributed import DistInfo, all_ranks_true, gather_objects
 from .evaluation import similarity_matrix
 from .step import ContrastiveStep, batch_to_device
