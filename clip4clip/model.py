@@ -7,13 +7,14 @@ distributed training live elsewhere.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Dict, Optional
 
 import torch
 from torch import nn
 
 from .clip import CLIP
-from .heads import DEFAULT_HEAD, Head, build_head, l2_normalize
+from .heads import DEFAULT_HEAD, HEADS, Head, build_head, l2_normalize
 from .loss import contrastive_loss
 
 # Maximum log logit scale: CLIP clamps logit_scale.exp() at 100.
@@ -133,6 +134,9 @@ class CLIP4Clip(nn.Module):
         checkpoints and official ones alike). With ``init_head_from_clip`` the head is
         initialised from the CLIP weights where it knows how (seqTransf/frameweight/tightTransf
         copy the text tower, as CLIP4Clip); loaders pass False and then load the head's weights."""
+        if head in HEADS and "activation" in inspect.signature(HEADS[head].__init__).parameters:
+            # Heads built from CLIP blocks compute them as the CLIP does (QuickGELU / GELU).
+            head_kwargs = {"activation": clip.config.activation, **head_kwargs}
         head_module = build_head(head, clip.embed_dim, **head_kwargs)
         if init_head_from_clip:
             head_module.init_from_clip(clip.state_dict())

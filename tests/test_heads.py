@@ -112,3 +112,18 @@ def test_too_many_frames_for_position_table():
     head = SeqTransf(D, num_blocks=1, num_positions=4)
     with pytest.raises(ValueError, match="frame positions"):
         head(torch.randn(1, 5, D), torch.ones(1, 5))
+
+
+@pytest.mark.parametrize("head", ["seqTransf", "frameweight", "tightTransf"])
+def test_heads_built_from_clip_blocks_use_the_clips_activation(head):
+    # A LAION (GELU) CLIP's text blocks copied into the head must be computed with GELU there.
+    from clip4clip.clip import CLIP, CLIPConfig
+    from clip4clip.clip.layers import QuickGELU
+    from clip4clip.model import CLIP4Clip
+    cfg = dict(embed_dim=32, image_resolution=16, vision_layers=1, vision_width=32, vision_patch_size=8,
+               context_length=16, vocab_size=50, transformer_width=32, transformer_heads=2, transformer_layers=2)
+    for activation, kind in (("gelu", torch.nn.GELU), ("quick_gelu", QuickGELU)):
+        clip = CLIP(CLIPConfig(**cfg, activation=activation))
+        model = CLIP4Clip.from_clip(clip, head, **({"num_layers": 1} if head == "tightTransf" else {"num_blocks": 1}))
+        acts = [m for name, m in model.head.named_modules() if name.endswith("mlp.gelu")]
+        assert acts and all(type(a) is kind for a in acts), (head, activation)

@@ -6,7 +6,7 @@ from typing import Dict, Mapping
 import torch
 from torch import nn
 
-from ..clip.layers import LayerNorm, ResidualAttentionBlock
+from ..clip.layers import LayerNorm, ResidualAttentionBlock, activation_layer
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -103,9 +103,11 @@ def official_layer_norm(width: int) -> nn.Module:
     return LayerNorm(width, eps=OFFICIAL_LN_EPS)
 
 
-def official_block(width: int, heads: int) -> nn.Module:
-    """A CLIP residual attention block with CLIP4Clip's head LayerNorm (eps 1e-12)."""
-    return ResidualAttentionBlock(width, heads, norm_layer=official_layer_norm)
+def official_block(width: int, heads: int, activation: str = "quick_gelu") -> nn.Module:
+    """A CLIP residual attention block with CLIP4Clip's head LayerNorm (eps 1e-12). ``activation``
+    is the CLIP's own (``CLIPConfig.activation``): heads copy the text tower's blocks, so they
+    must compute them with the same MLP activation (GELU for most LAION models)."""
+    return ResidualAttentionBlock(width, heads, act_layer=activation_layer(activation), norm_layer=official_layer_norm)
 
 
 __all__ = ["Head", "OFFICIAL_LN_EPS", "TemporalHead", "l2_normalize", "masked_mean", "mean_pool_normalized",

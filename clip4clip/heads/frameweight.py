@@ -18,8 +18,9 @@ class FrameWeight(SeqTransf):
     official_prefixes = ()
 
     def __init__(self, width: int, num_blocks: int = 4, heads: int = None, num_positions: int = 77,
-                 temperature: float = 0.1):
-        super().__init__(width, num_blocks=num_blocks, heads=heads, num_positions=num_positions)
+                 temperature: float = 0.1, activation: str = "quick_gelu"):
+        super().__init__(width, num_blocks=num_blocks, heads=heads, num_positions=num_positions,
+                         activation=activation)
         if temperature <= 0:
             raise ValueError(f"frameweight temperature must be > 0, got {temperature}")
         self.temperature = temperature

@@ -1,5 +1,6 @@
 """seqTransf: frame position embeddings + residual transformer blocks over frames, then
 meanP (CLIP4Clip). Initialised from CLIP's text tower, as CLIP4Clip does."""
+from functools import partial
 from typing import Dict, Mapping
 
 import torch
@@ -22,12 +23,14 @@ class SeqTransf(TemporalHead):
     official_prefixes = ("transformerClip.",)
     official_extra_keys = ("frame_position_embeddings.weight",)
 
-    def __init__(self, width: int, num_blocks: int = 4, heads: int = None, num_positions: int = 77):
+    def __init__(self, width: int, num_blocks: int = 4, heads: int = None, num_positions: int = 77,
+                 activation: str = "quick_gelu"):
         super().__init__()
         self.num_positions = num_positions
         self.frame_position_embeddings = nn.Embedding(num_positions, width)
         # module_cross's blocks: CLIP's, with the head LayerNorm at eps 1e-12 as upstream.
-        self.transformer = Transformer(width, num_blocks, heads or default_heads(width), block_fn=official_block)
+        self.transformer = Transformer(width, num_blocks, heads or default_heads(width),
+                                       block_fn=partial(official_block, activation=activation))
         init_transformer_(self.transformer)
         # nn.Embedding keeps its N(0, 1) init, as in CLIP4Clip before the copy from CLIP: a
         # position signal as large as the (layer-normed) features, so order is learnable at once.

@@ -26,6 +26,7 @@ so an official checkpoint loads key for key.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Dict, Mapping, Optional
 
 import torch
@@ -72,10 +73,11 @@ class CrossPooler(nn.Module):
 class CrossEncoder(nn.Module):
     """Upstream's ``CrossModel``: embeddings -> transformer -> pooler."""
 
-    def __init__(self, width: int, num_layers: int, heads: int, num_positions: int, dropout: float):
+    def __init__(self, width: int, num_layers: int, heads: int, num_positions: int, dropout: float,
+                 activation: str = "quick_gelu"):
         super().__init__()
         self.embeddings = CrossEmbeddings(num_positions, width, dropout)
-        self.transformer = Transformer(width, num_layers, heads, block_fn=official_block)
+        self.transformer = Transformer(width, num_layers, heads, block_fn=partial(official_block, activation=activation))
         self.pooler = CrossPooler(width)
 
     def forward(self, sequence: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -99,7 +101,7 @@ class TightTransf(Head):
     two_tower = False
 
     def __init__(self, width: int, num_layers: int = 4, heads: Optional[int] = None,
-                 num_positions: int = 77, dropout: float = 0.1):
+                 num_positions: int = 77, dropout: float = 0.1, activation: str = "quick_gelu"):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"tightTransf needs num_layers >= 1, got {num_layers}")
@@ -109,7 +111,7 @@ class TightTransf(Head):
             raise ValueError(f"tightTransf dropout must be in [0, 1), got {dropout}")
         self.width = width
         self.num_positions = num_positions
-        self.cross = CrossEncoder(width, num_layers, heads or default_heads(width), num_positions, dropout)
+        self.cross = CrossEncoder(width, num_layers, heads or default_heads(width), num_positions, dropout, activation)
         self.similarity_dense = nn.Linear(width, 1)
         self.apply(_official_init)
 
