@@ -67,27 +67,30 @@ def random_unit(rng, n: int, chunk: int = 100_000):
         yield x
 
 
-def write_index(folder: Path, n: int, encoder: Encoder, seed: int = 0) -> Path:
-    """An index folder of ``n`` random videos, written with the store's own helpers."""
+def write_index(folder: Path, n: int, encoder: Encoder, seed: int = 0, vectors=None,
+                frames_per_video: int = FRAMES_PER_VIDEO, dim: int = DIM) -> Path:
+    """An index folder of ``n`` videos, written with the store's own helpers: ``vectors`` (float32
+    [*, dim] unit-row chunks, ``n`` rows in all) or random unit vectors, and ``frames_per_video``
+    frame embeddings near each video's."""
     rng = np.random.default_rng(seed)
     build = store.new_build_dir(folder)
-    vw = store.ArrayWriter(build / "video_emb.npy", DIM)
-    fw = store.ArrayWriter(build / "frame_emb.npy", DIM)
-    for x in random_unit(rng, n):
+    vw = store.ArrayWriter(build / "video_emb.npy", dim, np.float32)  # the store's format: float32 videos
+    fw = store.ArrayWriter(build / "frame_emb.npy", dim)
+    fpv = frames_per_video
+    for x in (vectors if vectors is not None else random_unit(rng, n)):
         vw.append(x)
         # Frame embeddings near their video's (what a real index holds).
-        frames = np.repeat(x, FRAMES_PER_VIDEO, axis=0) + 0.1 * rng.standard_normal(
-            (len(x) * FRAMES_PER_VIDEO, DIM), dtype=np.float32)
+        frames = np.repeat(x, fpv, axis=0) + 0.1 * rng.standard_normal((len(x) * fpv, dim), dtype=np.float32)
         fw.append(frames / np.linalg.norm(frames, axis=1, keepdims=True))
     vw.close()
     fw.close()
     db = store.create_db(build / "meta.sqlite")
-    times = json.dumps([float(t) for t in range(FRAMES_PER_VIDEO)])
+    times = json.dumps([float(t) for t in range(fpv)])
     db.executemany("INSERT INTO videos VALUES (?, ?, ?, 0, 0, ?, 1.0, 320, 240, ?, ?, ?, ?, 'original', '')",
-                   ((i + 1, i, f"v/{i}.mp4", float(FRAMES_PER_VIDEO), FRAMES_PER_VIDEO, i * FRAMES_PER_VIDEO,
-                     FRAMES_PER_VIDEO, times) for i in range(n)))
+                   ((i + 1, i, f"v/{i}.mp4", float(fpv), fpv, i * fpv, fpv, times) for i in range(n)))
     store.write_meta(db, {"format": store.FORMAT, "fingerprint": encoder.fingerprint, "model": encoder.description,
-                          "sampling": encoder.sampling.to_dict(), "library": str(folder), "num_videos": n})
+                          "sampling": encoder.sampling.to_dict(), "library": str(folder), "num_videos": n,
+                          "next_id": n + 1})
     db.commit()
     db.close()
     return store.publish(folder, build)
@@ -115,7 +118,7 @@ def bench_size(n: int, encoder: Encoder, work: Path, queries: int, nprobes, k: i
     t0 = time.perf_counter()
     version = write_index(folder, n, encoder)
     row = {"videos": n, "write_index_s": round(time.perf_counter() - t0, 1)}
-    index = SearchIndex.open(folder, encoder=encoder)
+    index = SearchIndex.open(folder, encoder=encoder, backend="exact")
     texts = [QUERIES[i % len(QUERIES)] + f" {i}" for i in range(queries)]
     encode_s, _ = timed(lambda: [encoder.encode_texts([t]) for t in texts], 1)
     row["text_encode_ms"] = round(1000 * encode_s / len(texts), 2)

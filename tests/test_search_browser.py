@@ -1,6 +1,7 @@
 """The search page in a real headless Chromium (Debian's package, driven by Playwright): type
-a query, see the thumbnails, click one, and find the player at the best moment; the real
-clips (H.264 MP4 and an AVI played through its WebM copy) load and seek.
+a query, see the thumbnails and best segments, click one, and find the player playing that
+segment (starts at it, stops at its end, drawn on the timeline); the "Best moments" list does
+not overlap; the real clips (H.264 MP4 and an AVI played through its H.264 copy) load and seek.
 
 Chromium is required: without it these tests FAIL, naming how to install it (.ci/run does).
 Set CLIP4CLIP_UPDATE_SCREENSHOT=1 to rewrite docs/search_results.png from this run.
@@ -15,7 +16,7 @@ import pytest
 
 import search_utils as su
 from clip4clip.search import SearchIndex
-from clip4clip.search.web import create_app
+from clip4clip.search.web import create_app, mmss
 
 pytestmark = pytest.mark.slow
 
@@ -105,14 +106,38 @@ def test_type_a_query_see_thumbnails_click_and_play_at_the_moment(browser, synth
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
 
+    # Each card shows its best segment, which contains its best moment.
     first = page.locator("#results .card").first
     moment = float(first.get_attribute("data-moment"))
+    start, end = float(first.get_attribute("data-start")), float(first.get_attribute("data-end"))
+    assert start <= moment < end
+    assert first.locator(".moment").inner_text() == f"\u25b6 {mmss(start)}\u2013{mmss(end)}"
     first.locator("a").click()
     page.wait_for_url("**/video/**")
     state = wait_for_metadata(page)
     assert state["error"] is None and state["ready"] >= 1
     assert state["duration"] == pytest.approx(8.0, abs=0.3)
-    assert state["time"] == pytest.approx(moment, abs=0.05)
+    # The player starts at the segment, draws it on the timeline, and stops at its end.
+    assert state["time"] == pytest.approx(start, abs=0.05)
+    bar, timeline = page.locator("#segment").bounding_box(), page.locator("#timeline").bounding_box()
+    assert bar["width"] == pytest.approx(timeline["width"] * max(0.005, (end - start) / state["duration"]), abs=2)
+    assert bar["x"] - timeline["x"] == pytest.approx(timeline["width"] * start / state["duration"], abs=2)
+    page.evaluate("() => { const v = document.getElementById('player'); v.playbackRate = 2; v.play(); }")
+    page.wait_for_function("() => document.getElementById('player').paused && "
+                           "document.getElementById('player').currentTime > 0", timeout=20000)
+    stopped = page.evaluate("() => document.getElementById('player').currentTime")
+    assert end - 0.3 <= stopped <= end + 0.6, (start, end, stopped)
+    # The "Best moments" list: numbers, times and scores side by side, nothing overlapping.
+    boxes = page.eval_on_selector_all(
+        ".moments li > *", "els => els.map(e => { const r = e.getBoundingClientRect();"
+        " return {x: r.left, y: r.top, w: r.width, h: r.height, text: e.textContent.trim()}; })")
+    assert len(boxes) == 3 * page.locator(".moments li").count() >= 6
+    assert [b["text"] for b in boxes[:3]][0] == "1." and all(b["w"] > 0 and b["h"] > 0 for b in boxes)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            overlap_x = min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"])
+            overlap_y = min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"])
+            assert overlap_x <= 0.5 or overlap_y <= 0.5, (a, b)
     # A moment button seeks too.
     button = page.locator("[data-seek]").last
     target = float(button.get_attribute("data-seek"))
@@ -130,14 +155,14 @@ def test_real_clips_show_up_and_play(browser, real_server, name, duration):
     card = page.locator(f"#results .card:has(.path:text-is('{name}'))")
     assert card.count() == 1
     assert card.locator("img").evaluate("i => i.complete && i.naturalWidth") > 0
-    moment = float(card.get_attribute("data-moment"))
+    start = float(card.get_attribute("data-start"))
     card.locator("a").click()
     state = wait_for_metadata(page)
     assert state["error"] is None, f"{name}: media error {state['error']}"
     assert state["duration"] == pytest.approx(duration, abs=0.15)
-    assert state["time"] == pytest.approx(moment, abs=0.05)
+    assert state["time"] == pytest.approx(start, abs=0.05)
     # It really plays: decoded frames advance the clock.
     page.evaluate("() => document.getElementById('player').play()")
-    page.wait_for_function(f"() => document.getElementById('player').currentTime > {moment} + 0.2",
+    page.wait_for_function(f"() => document.getElementById('player').currentTime > {start} + 0.2",
                            timeout=15000)
     page.close()

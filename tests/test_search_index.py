@@ -11,7 +11,7 @@ import torch
 
 import search_utils as su
 from search_utils import base, run  # noqa: F401  (session fixtures)
-from clip4clip.search import IndexMismatchError, SearchIndex, build_index
+from clip4clip.search import IndexMismatchError, SearchIndex, best_segment, build_index
 from clip4clip.search import indexer as indexer_mod
 from clip4clip.search import store
 
@@ -47,21 +47,31 @@ def test_real_clips_index_with_their_own_rates_thumbnails_and_playable_media(rea
         assert np.allclose(np.diff(times), 1.0, atol=1.0 / fps)
         thumb = version / "thumbs" / f"{r['id']}.jpg"
         assert thumb.read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG
-    # Browsers play H.264 MP4 as it is; the AVI gets a WebM copy with the same frames.
+    # Browsers play H.264 MP4 as it is; the AVI gets an H.264 MP4 copy with the same frames,
+    # a fraction of the original's size (the VP8 copy OpenCV writes was 2.7x the original).
     assert rows["arm_wrestling.mp4"]["media"] == rows["pool_cleaning.mp4"]["media"] == "original"
     avi = rows["eye_makeup.avi"]
     assert avi["media"] == "proxy"
     import cv2
-    cap = cv2.VideoCapture(str(version / "media" / f"{avi['id']}.webm"))
+    from clip4clip.search.media import browser_playable
+    proxy = version / "media" / f"{avi['id']}.mp4"
+    assert browser_playable(proxy)
+    cap = cv2.VideoCapture(str(proxy))
     n = 0
     while cap.grab():
         n += 1
     assert n == avi["num_frames"] == 164 and cap.get(cv2.CAP_PROP_FPS) == pytest.approx(25)
+    assert proxy.stat().st_size < 0.5 * (su.real_videos() / "eye_makeup.avi").stat().st_size
+    # The whole index is smaller than the library it indexes, and says so.
+    info = SearchIndex.open(real_index).info()
+    library = sum((su.real_videos() / n).stat().st_size for n in rows)
+    assert info["library_bytes"] == library and 0 < info["index_bytes"] < library / 4
+    assert info["sizes"]["playback_copies"] == proxy.stat().st_size
     video = np.load(version / "video_emb.npy")
     frames = np.load(version / "frame_emb.npy")
-    assert video.dtype == frames.dtype == np.float16
+    assert video.dtype == np.float32 and frames.dtype == np.float16  # ranking is float32, as evaluation
     assert video.shape[0] == 3 and frames.shape[0] == sum(r["frame_count"] for r in rows.values())
-    assert np.allclose(np.linalg.norm(video.astype(np.float32), axis=1), 1, atol=1e-2)
+    assert np.allclose(np.linalg.norm(video, axis=1), 1, atol=1e-5)
 
 
 def test_caption_search_finds_its_video_in_the_top_3(synth_index, run):
@@ -94,16 +104,68 @@ def test_scores_are_the_evaluation_similarity(synth_index, run, tmp_path):
     _, objs = run_evaluation(cfg)
     enc = objs["encoded"]
     index = SearchIndex.open(synth_index)
-    emb = np.load(index.version / "video_emb.npy").astype(np.float32)
+    emb = np.load(index.version / "video_emb.npy")
+    assert emb.dtype == np.float32  # float16 storage moved scores by ~1e-3 and changed ranks
     rows = {r["relpath"]: r["row"] for r in _db(synth_index).execute("SELECT relpath, row FROM videos")}
     for i, vid in enumerate(enc.video_ids):
-        assert np.abs(emb[rows[f"videos/{vid}.mp4"]] - enc.video_emb[i].numpy()).max() < 2e-3, vid
+        assert np.abs(emb[rows[f"videos/{vid}.mp4"]] - enc.video_emb[i].numpy()).max() < 1e-6, vid
     for t in range(0, len(enc.texts), 6):
         hits = index.search(enc.texts[t], k=len(enc.video_ids))
         ours = {h.path: h.score for h in hits}
         ref = (enc.video_emb @ enc.text_emb[t]).numpy()
         for i, vid in enumerate(enc.video_ids):
-            assert ours[f"videos/{vid}.mp4"] == pytest.approx(float(ref[i]), abs=3e-3)
+            assert ours[f"videos/{vid}.mp4"] == pytest.approx(float(ref[i]), abs=1e-6)
+
+
+def test_search_over_the_test_clips_gives_the_runs_test_r1_exactly(synth_index, run):
+    """Index the run's test clips, search every test caption (each caption is a query, as in
+    evaluation, so a video with several captions counts once per caption): top-1 accuracy is the
+    run's own test t2v R@1. Evaluation ranks pessimistically (every video scoring >= the right
+    one counts as ahead of it), so a tie at the top is a miss here too."""
+    import csv
+    metrics = json.loads((run["run"] / "metrics.json").read_text())["test"]["t2v"]
+    with open(run["data"] / "MSRVTT_JSFUSION_test.csv", newline="", encoding="utf-8") as f:
+        queries = [(r["video_id"], r["sentence"]) for r in csv.DictReader(f)]
+    assert metrics["num_queries"] == len(queries)
+    index = SearchIndex.open(synth_index)
+    right = 0
+    for vid, caption in queries:
+        hits = index.search(caption, k=2)
+        right += hits[0].path == f"videos/{vid}.mp4" and hits[1].score < hits[0].score
+    assert right == round(metrics["R1"] * len(queries) / 100), (right, metrics["R1"])
+    assert 100 * right / len(queries) == pytest.approx(metrics["R1"], abs=1e-9)
+
+
+def test_each_frame_goes_through_the_image_tower_once(tmp_path, run, monkeypatch):
+    """The evaluation frames are moment frames too: they are encoded once, for both the video
+    embedding (still exactly evaluation's) and the best moment."""
+    from clip4clip.search.media import sample_for_index
+    enc = su.encoder(run["checkpoint"])
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for p in sorted((run["data"] / "videos").glob("*.mp4"))[:5]:
+        shutil.copy2(p, lib / p.name)
+    frames = []
+    image_tower = enc.model.clip.encode_image
+
+    def counting(x, **context):
+        mask = context.get("frame_mask")
+        frames.append(int(mask.sum()) if mask is not None else len(x))  # real frames, not padding
+        return image_tower(x, **context)
+    monkeypatch.setattr(enc.model.clip, "encode_image", counting)
+    out = tmp_path / "index"
+    build_index(lib, out, enc, progress=False, proxies="off")
+    stored = sum(r["frame_count"] for r in _db(out).execute("SELECT frame_count FROM videos"))
+    assert sum(frames) == stored  # 5 x 8 moment frames; the 4 evaluation frames of each among them
+    samples = [sample_for_index(p, enc.sampling) for p in sorted(lib.iterdir())]
+    frames.clear()
+    video, moments = enc.encode_for_index([(s.moment_frames, s.video_pos) for s in samples])
+    assert sum(frames) == sum(len(s.moment_frames) for s in samples)
+    assert np.array_equal(video, enc.encode_videos([s.video_frames for s in samples]))
+    for a, b in zip(moments, enc.encode_moments([s.moment_frames for s in samples])):
+        assert np.allclose(a, b, atol=1e-6)
+    emb = np.load(store.require_version(out) / "video_emb.npy")
+    assert np.array_equal(emb, video)
 
 
 def test_best_moment_is_where_the_caption_happens(base, run):
@@ -123,15 +185,22 @@ def test_best_moment_is_where_the_caption_happens(base, run):
     for a, b in pairs:
         su.splice(run["data"] / "videos" / f"{a}.mp4", run["data"] / "videos" / f"{b}.mp4", lib / f"{a}_{b}.mp4")
     index = SearchIndex.open(su.built_index("spliced_index", lib, run["checkpoint"], base))
-    right = []
+    right, segment_right = [], []
     for a, b in pairs:
         for vid, second_half in ((a, False), (b, True)):
             hit = {h.path: h for h in index.search(captions[vid], k=len(pairs))}[f"{a}_{b}.mp4"]
             right.append((hit.moment >= 4.0) == second_half)
-            # The moment is the time of the highest-scoring indexed frame.
+            # The moment is the time of the highest-scoring indexed frame, the segment the run of
+            # frames around it within 10% of its score.
             scores = index.frame_scores(hit.id, captions[vid])
             assert hit.moment == max(scores, key=lambda s: s["score"])["time"]
+            _, _, start, end = best_segment([s["score"] for s in scores], [s["time"] for s in scores],
+                                            hit.duration)
+            assert (hit.start, hit.end) == (start, end) and hit.start <= hit.moment < hit.end
+            segment_right.append((hit.start >= 4.0) == second_half and (hit.end <= 4.0) == (not second_half))
     assert np.mean(right) >= 0.75, right
+    # The segment stays inside the half the caption describes.
+    assert np.mean(segment_right) >= 0.6, segment_right
 
 
 def test_reindex_adds_drops_and_reencodes_only_what_changed(tmp_path, run):
@@ -166,7 +235,7 @@ def test_reindex_adds_drops_and_reencodes_only_what_changed(tmp_path, run):
     assert rows["arm_wrestling.mp4"]["id"] == ids1["arm_wrestling.mp4"]
     assert np.array_equal(emb2[rows["eye_makeup.avi"]["row"]], emb1["eye_makeup.avi"])   # copied, not re-encoded
     assert np.array_equal(emb2[rows["arm_wrestling.mp4"]["row"]], emb1["pool_cleaning.mp4"])  # new content
-    assert (v2 / "media" / f"{rows['eye_makeup.avi']['id']}.webm").is_file()  # playback copy carried over
+    assert (v2 / "media" / f"{rows['eye_makeup.avi']['id']}.mp4").is_file()  # playback copy carried over
     assert {h.path for h in SearchIndex.open(out).search("a pool", k=10)} == set(rows)
 
 
@@ -276,7 +345,7 @@ def test_faiss_backend_ranks_like_exact_search(tmp_path, base, run):
     assert (rows[:, 0] == np.arange(50)).all()
 
 
-@pytest.mark.parametrize("moment_frames", [64, 3])  # evaluation frames reused / decoded again
+@pytest.mark.parametrize("moment_frames", [64, 3])  # evaluation frames among the moments / merged in
 def test_video_frames_are_exactly_the_evaluation_frames(moment_frames):
     from clip4clip.search import Sampling
     from clip4clip.search.media import sample_for_index
@@ -285,9 +354,14 @@ def test_video_frames_are_exactly_the_evaluation_frames(moment_frames):
                                   ("pool_cleaning.mp4", 2.0, 5)):
         path = su.real_videos() / name
         s = sample_for_index(path, Sampling(fps, max_frames, "uniform", 1.0, moment_frames, 32))
-        want, _ = read_frames(path, fps, max_frames, "uniform")
+        want, want_times = read_frames(path, fps, max_frames, "uniform")
         assert np.array_equal(s.video_frames, want), name
-        assert len(s.moment_frames) == len(s.moment_times) == min(moment_frames, int(np.ceil(s.info.duration)))
+        assert np.allclose(s.moment_times[s.video_pos], want_times)
+        moments, _ = read_frames(path, 1.0, moment_frames, "uniform")
+        # The moment frames are the 1 fps sample plus whichever evaluation frames it lacks.
+        assert len(s.moment_frames) == len(s.moment_times) == len(np.union1d(
+            np.round(read_frames(path, 1.0, moment_frames, "uniform")[1], 4), np.round(want_times, 4)))
+        assert np.all(np.diff(s.moment_times) > 0) and len(s.moment_frames) >= len(moments)
 
 
 def test_an_index_inside_its_library_does_not_index_itself(tmp_path, run):
@@ -313,3 +387,32 @@ def test_a_lost_thumbnail_is_made_again(tmp_path, run):
     report = build_index(lib, out, enc, progress=False)
     assert report.updated == ["arm_wrestling.mp4"]
     assert len(list((store.require_version(out) / "thumbs").iterdir())) == 1
+
+
+def test_a_format_1_index_is_read_and_re_encoded_on_update(tmp_path, run):
+    """Indexes written before float32 ranking (format 1, float16 video rows) still open; an
+    update encodes their videos again (float16 rows would not rank as evaluation), ids kept."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for p in sorted((run["data"] / "videos").glob("*.mp4"))[:3]:
+        shutil.copy2(p, lib / p.name)
+    out, enc = tmp_path / "index", su.encoder(run["checkpoint"])
+    build_index(lib, out, enc, progress=False, proxies="off")
+    version = store.require_version(out)
+    emb = np.load(version / "video_emb.npy")
+    np.save(version / "video_emb.npy", emb.astype(np.float16))  # what format 1 stored
+    db = sqlite3.connect(version / "meta.sqlite")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (json.dumps("clip4clip-search/1"),))
+    db.execute("DELETE FROM meta WHERE key IN ('sizes', 'next_id')")
+    db.commit()
+    db.close()
+    old = SearchIndex.open(out, encoder=enc)
+    assert old.info()["format"] == "clip4clip-search/1" and len(old.search("a red circle", k=5)) == 3
+    ids = {h.path: h.id for h in old.search("x", k=5)}
+    messages = []
+    report = build_index(lib, out, enc, progress=False, proxies="off", log=messages.append)
+    assert report.updated == sorted(ids) and report.encoded == 3 and not report.unchanged
+    assert any("format clip4clip-search/1" in m for m in messages)
+    new = SearchIndex.open(out, encoder=enc)
+    assert {h.path: h.id for h in new.search("x", k=5)} == ids and new.meta["format"] == store.FORMAT
+    assert np.array_equal(np.load(store.require_version(out) / "video_emb.npy"), emb)

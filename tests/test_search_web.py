@@ -1,5 +1,6 @@
 """Search web page (Flask test client): pages, JSON API, media with HTTP Range, missing files,
 and the security rules (no path traversal, escaping, bounded queries)."""
+import os
 import shutil
 
 import markupsafe
@@ -57,8 +58,8 @@ def test_results_page_shows_thumbnails_scores_moments_and_caption_match(synth_cl
     body = r.get_data(as_text=True)
     hits = index.search(caption, k=5)
     for h in hits:
-        assert f'src="/thumb/{h.id}"' in body
-        assert f'href="/video/{h.id}?t={h.moment}&amp;q=' in body
+        assert f'src="/thumb/{h.id}?v={h.version}"' in body
+        assert f'href="/video/{h.id}?t={h.start}&amp;end={h.end}&amp;q=' in body  # plays the best segment
         assert f"{h.score:.3f}" in body
     assert body.count('class="card') == 5
     assert "Caption match" in body and "FTS5" in body
@@ -91,9 +92,12 @@ def test_player_starts_at_the_moment_and_media_supports_range_requests(real_ro):
     vid = ids["arm_wrestling.mp4"]
     r = client.get(f"/video/{vid}?t=3.5&q=people")
     body = r.get_data(as_text=True)
+    version = real_ro["index"].video(vid).version
     assert r.status_code == 200
-    assert f'src="/media/{vid}#t=3.5"' in body and 'data-start="3.5"' in body
+    assert f'src="/media/{vid}?v={version}#t=3.5,10.0"' in body and 'data-start="3.5"' in body
     assert "Best moments for" in body and "player.js" in body
+    seg = client.get(f"/video/{vid}?t=2.0&end=5.0").get_data(as_text=True)
+    assert 'data-start="2.0" data-end="5.0"' in seg and "play the segment" in seg
     assert 'data-start="10.0"' in client.get(f"/video/{vid}?t=999").get_data(as_text=True)  # clamped
     assert 'data-start="0.0"' in client.get(f"/video/{vid}?t=nan").get_data(as_text=True)
     full = client.get(f"/media/{vid}")
@@ -104,9 +108,9 @@ def test_player_starts_at_the_moment_and_media_supports_range_requests(real_ro):
     assert part.status_code == 206 and len(part.data) == 100
     assert part.headers["Content-Range"] == f"bytes 100-199/{size}"
     assert part.data == (lib / "arm_wrestling.mp4").read_bytes()[100:200]
-    # The AVI plays through its WebM copy.
+    # The AVI plays through its H.264 MP4 copy.
     avi = client.get(f"/media/{ids['eye_makeup.avi']}")
-    assert avi.status_code == 200 and avi.mimetype == "video/webm" and avi.data[:4] == b"\x1a\x45\xdf\xa3"
+    assert avi.status_code == 200 and avi.mimetype == "video/mp4" and avi.data[4:8] == b"ftyp"
 
 
 def test_a_disappeared_video_breaks_only_itself(real):
@@ -199,3 +203,124 @@ def test_over_long_queries_are_refused(synth_client):
     assert client.get(f"/video/1?q={'c' * 1000}").status_code == 400
     assert client.get("/?q=x&k=1000").status_code == 400
     assert client.post("/").status_code == 405
+
+
+HUGE_IDS = [2 ** 63, 2 ** 63 + 1, 2 ** 64, 10 ** 30]
+
+
+@pytest.mark.parametrize("route", ["media", "thumb", "video", "api/video"])
+def test_huge_and_unknown_ids_are_404(real_ro, route):
+    client = real_ro["client"]
+    for vid in [*HUGE_IDS, 2 ** 63 - 1, 0, 99999]:
+        r = client.get(f"/{route}/{vid}")
+        assert r.status_code == 404, (route, vid, r.status_code)
+        if route.startswith("api"):
+            assert r.mimetype == "application/json" and r.get_json()["error"] == "not found"
+    assert real_ro["index"].video(2 ** 70) is None and real_ro["index"].media_path(-(2 ** 70)) is None
+
+
+def test_api_errors_are_json(real_ro, monkeypatch):
+    client = real_ro["client"]
+    for r, status in ((client.get("/api/nothing-here"), 404), (client.post("/api/search?q=x"), 405),
+                      (client.get("/api/search?q="), 400), (client.get("/api/search?q=x&k=0"), 400)):
+        assert r.status_code == status and r.mimetype == "application/json", (r.status_code, r.data[:80])
+        assert r.get_json()["status"] == status and r.get_json()["error"]
+    # A bug answers 500, still JSON on /api (and an HTML page elsewhere).
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(real_ro["index"], "search_full", broken)
+    r = client.get("/api/search?q=x")
+    assert r.status_code == 500 and r.get_json() == {"error": "internal error", "status": 500}
+    page = client.get("/?q=x")
+    assert page.status_code == 500 and page.mimetype == "text/html" and "boom" not in page.get_data(as_text=True)
+
+
+def test_a_malformed_range_header_is_ignored(real_ro):
+    """RFC 9110: a Range the server cannot use is ignored (200, the whole file); only a valid
+    byte range outside the file is 416."""
+    client, vid = real_ro["client"], real_ro["ids"]["arm_wrestling.mp4"]
+    size = (su.real_videos() / "arm_wrestling.mp4").stat().st_size
+    for header in ("bytes=abc", "bytes=5-1", "bytes", "bytes=-", "items=0-5", "bytes=0-1,5-6", "0-100", "bytes=1-2-3"):
+        r = client.get(f"/media/{vid}", headers={"Range": header})
+        assert r.status_code == 200 and len(r.data) == size, (header, r.status_code)
+    assert client.get(f"/media/{vid}", headers={"Range": f"bytes={size + 10}-"}).status_code == 416
+    assert client.get(f"/media/{vid}", headers={"Range": "bytes=-100"}).status_code == 206
+
+
+def test_a_cut_query_says_how_much_was_used(synth_client):
+    client, index = synth_client
+    budget = index.encoder.max_words - 2
+    long_query = " ".join(["a red circle moves left on a blue background"] * 6)  # 54 words
+    data = client.get("/api/search", query_string={"q": long_query, "k": 3}).get_json()
+    used = data["query_used"]
+    assert used["truncated"] and used["tokens"] == used["max_tokens"] == budget
+    assert long_query.startswith(used["used_text"]) and len(used["used_text"].split()) == budget
+    short = client.get("/api/search", query_string={"q": "a red circle", "k": 3}).get_json()["query_used"]
+    assert short == {"tokens": 3, "max_tokens": budget, "truncated": False, "used_text": None}
+    page = client.get("/", query_string={"q": long_query}).get_data(as_text=True)
+    assert 'id="query-cut"' in page and f"only the first {budget} were used" in page
+    assert 'id="query-cut"' not in client.get("/", query_string={"q": "a red circle"}).get_data(as_text=True)
+    player = client.get(f"/video/{data['results'][0]['id']}", query_string={"q": long_query})
+    assert 'id="query-cut"' in player.get_data(as_text=True)
+
+
+def test_ids_are_never_reused_and_media_urls_follow_the_content(tmp_path, run):
+    clips = sorted((run["data"] / "videos").glob("*.mp4"))
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name, clip in zip(("a.mp4", "b.mp4", "c.mp4"), clips):
+        shutil.copy2(clip, lib / name)
+    out, enc = tmp_path / "index", su.encoder(run["checkpoint"])
+    build_index(lib, out, enc, progress=False)
+    client = create_app(SearchIndex.open(out, encoder=enc)).test_client()
+
+    def by_path():
+        return {x["path"]: x for x in client.get("/api/search?q=a+red+circle&k=10").get_json()["results"]}
+    first = by_path()
+    assert [first[n]["id"] for n in ("a.mp4", "b.mp4", "c.mp4")] == [1, 2, 3]
+    (lib / "c.mp4").unlink()                               # the highest id goes
+    build_index(lib, out, enc, progress=False)
+    shutil.copy2(clips[3], lib / "d.mp4")                  # and another video comes
+    shutil.copy2(clips[4], lib / "a.mp4")                  # a's content changes
+    os.utime(lib / "a.mp4", ns=(1, 1))
+    build_index(lib, out, enc, progress=False)
+    now = by_path()
+    assert now["d.mp4"]["id"] == 4                         # never 3: /video/3 was another video
+    assert client.get("/video/3").status_code == 404 and client.get("/api/video/3").status_code == 404
+    assert now["a.mp4"]["id"] == 1 and now["b.mp4"]["id"] == 2    # the same files keep their ids
+    assert now["a.mp4"]["media_url"] != first["a.mp4"]["media_url"]  # new content, new URLs
+    assert now["a.mp4"]["thumb_url"] != first["a.mp4"]["thumb_url"]
+    assert now["b.mp4"]["media_url"] == first["b.mp4"]["media_url"]  # unchanged: cached copies stay valid
+    fresh = client.get(now["b.mp4"]["media_url"])
+    assert fresh.status_code == 200 and "max-age=86400" in fresh.headers["Cache-Control"]
+    stale = client.get(first["a.mp4"]["media_url"])          # an old URL is never cached as the new file
+    assert "max-age=0" in stale.headers["Cache-Control"]
+
+
+def test_index_size_is_in_the_api_and_the_page(real_ro):
+    info = real_ro["client"].get("/api/info").get_json()
+    assert info["videos"] == 3 and 0 < info["index_bytes"] < info["library_bytes"]
+    assert set(info["sizes"]) >= {"embeddings", "thumbnails", "playback_copies", "metadata"}
+    assert "for a library of" in real_ro["client"].get("/").get_data(as_text=True)
+
+
+def test_served_by_waitress(real_ro):
+    import json
+    import threading
+    import urllib.request
+    from clip4clip.search.web import make_server
+    server = make_server(real_ro["index"], "127.0.0.1", 0, threads=2)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.effective_port}"
+        with urllib.request.urlopen(url + "/api/search?q=people&k=2", timeout=30) as r:
+            assert r.status == 200 and len(json.load(r)["results"]) == 2
+            assert r.headers["Server"] == "clip4clip-search"
+        try:
+            urllib.request.urlopen(url + f"/api/video/{2 ** 64}", timeout=30)
+        except urllib.error.HTTPError as e:
+            assert e.code == 404 and json.load(e)["error"] == "not found"
+    finally:
+        server.close()
+        thread.join(timeout=10)

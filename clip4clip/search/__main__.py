@@ -1,4 +1,4 @@
-"""Command line: ``python -m clip4clip.search index|search|serve ...`` (``--help`` on each)."""
+"""Command line: ``python -m clip4clip.search index|merge|search|serve ...`` (``--help`` on each)."""
 from __future__ import annotations
 
 import argparse
@@ -7,30 +7,44 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+SPLITS = ("train", "val", "test")
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m clip4clip.search",
                                 description="Index a video library, search it by text, browse it in a web page.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    ix = sub.add_parser("index", help="build or update an index (incremental)")
+    ix = sub.add_parser("index", help="build or update an index (incremental, resumable)")
     ix.add_argument("--checkpoint", required=True,
                     help="our checkpoint or run folder, an official CLIP4Clip checkpoint, or a CLIP name (ViT-B/32)")
     ix.add_argument("--videos", help="library folder (nested folders are walked); default for our "
                                      "checkpoints: the videos of the dataset they were trained on")
+    ix.add_argument("--split", choices=SPLITS,
+                    help="index only the videos of this split of the checkpoint's dataset (e.g. test: the "
+                         "videos its reported metrics rank; train and test captions repeat each other)")
     ix.add_argument("--out", required=True, help="index folder (created, or updated if it exists)")
     ix.add_argument("--fps", type=float, help="video-embedding frames per second (default: the checkpoint's)")
     ix.add_argument("--max-frames", type=int, help="video-embedding frames (default: the checkpoint's)")
     ix.add_argument("--moment-fps", type=float, default=1.0, help="frames per second scored for the best moment")
     ix.add_argument("--moment-frames", type=int, default=64, help="at most this many moment frames per video")
     ix.add_argument("--proxies", choices=("auto", "off"), default="auto",
-                    help="auto: make a WebM playback copy of videos browsers cannot play (AVI, MKV, mp4v)")
-    ix.add_argument("--faiss", action="store_true", help="also build a FAISS index (needs faiss-cpu)")
+                    help="auto: make a playback copy (H.264 MP4) of videos browsers cannot play (AVI, MKV, mp4v)")
+    ix.add_argument("--faiss", nargs="?", const="yes", choices=("auto", "yes", "no"), default="auto",
+                    help="also build a FAISS index (needs faiss-cpu); auto: from 100k videos on, when installed")
+    ix.add_argument("--shard", metavar="I/N",
+                    help="index only slice I of N (0-based) of the library into a partial index --out; "
+                         "combine the N partial indexes with 'merge'")
     ix.add_argument("--rebuild", action="store_true", help="re-encode everything, even with another model")
     ix.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     ix.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared machine)")
     ix.add_argument("--bpe-vocab", help="CLIP's BPE vocabulary file (CLIP checkpoints; default: cache/download)")
     ix.add_argument("--no-progress", action="store_true")
+
+    mg = sub.add_parser("merge", help="merge the partial indexes of 'index --shard I/N' into one index")
+    mg.add_argument("--out", required=True, help="index folder (created, or updated if it exists)")
+    mg.add_argument("partials", nargs="+", help="the --out folders of every shard")
+    mg.add_argument("--faiss", nargs="?", const="yes", choices=("auto", "yes", "no"), default="auto")
 
     se = sub.add_parser("search", help="search an index from the command line")
     se.add_argument("--index", required=True)
@@ -38,46 +52,79 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("-k", type=int, default=10, help="number of results")
     se.add_argument("--json", action="store_true", help="print JSON instead of a table")
     se.add_argument("--captions", action="store_true", help="also show the caption-match (FTS5) results")
+    se.add_argument("--threads", type=int, help="torch CPU threads")
     _common(se)
 
-    sv = sub.add_parser("serve", help="serve the search web page")
+    sv = sub.add_parser("serve", help="serve the search web page (waitress)")
     sv.add_argument("--index", required=True)
     sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--threads", type=int, default=None,
+                    help="worker threads answering requests (default 4; see benchmarks/README.md, search load)")
+    sv.add_argument("--torch-threads", type=int, default=1,
+                    help="torch CPU threads per query (default 1: the worker threads run queries in "
+                         "parallel, and intra-op threads competing with them for the cores slow every query)")
     sv.add_argument("--library", help="where the videos are now, if the library moved since indexing")
     _common(sv)
     return p
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("exact", "faiss"), default="exact",
-                   help="exact (default) or faiss (an index built with --faiss)")
+    p.add_argument("--backend", choices=("auto", "exact", "faiss"), default="auto",
+                   help="exact (float32 scan), faiss (an index built with --faiss) or auto (default: faiss "
+                        "from 100k videos on, when the index has it)")
     p.add_argument("--checkpoint", help="the model file, if it moved since indexing (its fingerprint is checked)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def _faiss(value: str) -> Optional[bool]:
+    return {"auto": None, "yes": True, "no": False}[value]
+
+
+def _dataset_cfg(encoder) -> dict:
+    cfg = encoder.train_config
+    if not cfg or not cfg.get("dataset"):
+        raise ValueError("--videos is required for this checkpoint (it does not name the dataset it was trained on)")
+    return cfg["dataset"]
 
 
 def _default_library(encoder) -> Path:
     """The video folder of the dataset an our-checkpoint was trained on."""
-    cfg = encoder.train_config
-    if not cfg or not cfg.get("dataset"):
-        raise ValueError("--videos is required for this checkpoint (it does not name the dataset it was trained on)")
     from data.splits import dataset_root
-    dcfg = cfg["dataset"]
+    dcfg = _dataset_cfg(encoder)
     root = dataset_root(dcfg)
     folder = root / str(dcfg.get("video_dir") or "")
     print(f"indexing the videos of the checkpoint's dataset ({dcfg.get('name')}): {folder}", flush=True)
     return folder
 
 
+def _shard(value: Optional[str]):
+    if value is None:
+        return None
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {value!r}: expected I/N, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard {value}: expected 0 <= I < N")
+    return i, n
+
+
 def _index(args) -> int:
     from .encoder import Encoder
     from .indexer import build_index
+    from .library import split_video_ids, video_key
+    shard = _shard(args.shard)
     encoder = Encoder.load(args.checkpoint, fps=args.fps, max_frames=args.max_frames, moment_fps=args.moment_fps,
                            moment_frames=args.moment_frames, device=args.device, bpe_vocab=args.bpe_vocab)
     videos = Path(args.videos) if args.videos else _default_library(encoder)
-    report = build_index(videos, Path(args.out), encoder, proxies=args.proxies, faiss=args.faiss,
-                         rebuild=args.rebuild, progress=not args.no_progress)
+    only = None
+    if args.split:
+        ids = set(split_video_ids(_dataset_cfg(encoder), args.split))
+        print(f"indexing the {len(ids)} videos of the {args.split} split", flush=True)
+        only = lambda rel: video_key(rel) in ids  # noqa: E731
+    report = build_index(videos, Path(args.out), encoder, proxies=args.proxies, faiss=_faiss(args.faiss),
+                         rebuild=args.rebuild, progress=not args.no_progress, only=only, shard=shard)
     print(report.summary(), flush=True)
     if report.failed and report.num_videos == 0:
         print("error: no video could be indexed", file=sys.stderr)
@@ -85,22 +132,43 @@ def _index(args) -> int:
     return 0
 
 
+def _merge(args) -> int:
+    from .indexer import merge_indexes
+    report = merge_indexes([Path(p) for p in args.partials], Path(args.out), faiss=_faiss(args.faiss))
+    print(report.summary(), flush=True)
+    return 0
+
+
 def _format_table(hits) -> str:
     from .web import mmss
-    lines = [f"{'rank':>4}  {'score':>7}  {'moment':>8}  path"]
+    lines = [f"{'rank':>4}  {'score':>7}  {'moment':>8}  {'segment':>15}  path"]
     for h in hits:
         missing = "  (file missing)" if not h.available else ""
-        lines.append(f"{h.rank:>4}  {h.score:>7.4f}  {mmss(h.moment):>8}  {h.path}{missing}")
+        segment = f"{mmss(h.start)}-{mmss(h.end)}"
+        lines.append(f"{h.rank:>4}  {h.score:>7.4f}  {mmss(h.moment):>8}  {segment:>15}  {h.path}{missing}")
     return "\n".join(lines)
+
+
+def cut_note(used) -> Optional[str]:
+    """The line telling that a query was cut to the model's text length, or None."""
+    if not used.truncated:
+        return None
+    return (f"note: the model reads at most {used.max_tokens} tokens of a query; only the first {used.tokens} "
+            f"were used: {used.used_text!r}")
 
 
 def _search(args) -> int:
     from .query import SearchIndex
     index = SearchIndex.open(args.index, checkpoint=args.checkpoint, backend=args.backend, device=args.device)
-    hits = index.search(args.query, args.k)
+    result = index.search_full(args.query, args.k)
+    hits = result.hits
     captions = index.caption_search(args.query, args.k) if args.captions else None
+    note = cut_note(result.text)
+    if note:
+        print(note, file=sys.stderr)
     if args.json:
-        out = {"query": args.query, "k": args.k, "results": [h.to_dict() for h in hits]}
+        out = {"query": args.query, "k": args.k, "query_used": result.text.to_dict(),
+               "results": [h.to_dict() for h in hits]}
         if captions is not None:
             out["caption_matches"] = [c.to_dict() for c in captions]
         print(json.dumps(out, indent=2))
@@ -115,25 +183,34 @@ def _search(args) -> int:
 
 def _serve(args) -> int:
     from .query import SearchIndex
-    from .web import create_app
+    from .web import DEFAULT_THREADS, make_server
     index = SearchIndex.open(args.index, checkpoint=args.checkpoint, backend=args.backend, device=args.device,
                              library=args.library)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who can reach this machine can search the "
               "library and play its videos", file=sys.stderr)
-    print(f"serving {index.num_videos} videos from {index.path} at http://{args.host}:{args.port}/", flush=True)
-    create_app(index).run(host=args.host, port=args.port, threaded=True)
+    threads = args.threads or DEFAULT_THREADS
+    server = make_server(index, args.host, args.port, threads)
+    print(f"serving {index.num_videos} videos from {index.path} at http://{args.host}:{server.effective_port}/ "
+          f"(waitress, {threads} threads, {index.backend} search)", flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    if args.threads:
+    torch_threads = args.torch_threads if args.command == "serve" else getattr(args, "threads", None)
+    if torch_threads:
         import torch
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(torch_threads)
     from ..errors import user_errors
     with user_errors():
-        return {"index": _index, "search": _search, "serve": _serve}[args.command](args)
+        return {"index": _index, "merge": _merge, "search": _search, "serve": _serve}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,19 @@
 """Optional FAISS backend for large libraries (``pip install faiss-cpu`` or the ``search`` extra).
 
 Inner product on L2-normalised embeddings is the cosine similarity that evaluation ranks by.
-Below ``IVF_MIN_VIDEOS`` the index is ``IndexFlatIP`` (exact, like the default backend); above,
-``IndexIVFFlat`` (approximate: only ``nprobe`` of ``nlist`` clusters are scanned per query;
-see benchmarks/README.md for its recall@10 against exact search).
+Which index, by library size (``build_faiss_index``):
+
+- below ``FLAT_MAX_VIDEOS``: ``IndexFlatIP``, exact (what ``--faiss`` gives a small library);
+- from there on: ``IVF<nlist>,SQ8`` (inverted lists over k-means cells, vectors stored as 8-bit
+  scalar-quantised codes: a quarter of float32's memory). A query scans ``nprobe`` of the
+  ``nlist`` cells and returns ``RERANK_CANDIDATES`` candidates, which ``SearchIndex`` re-ranks
+  exactly with the stored float32 embeddings, so the scores and their order among the
+  candidates are exactly evaluation's; only a true top-k video that is not among the candidates
+  is missed (recall@10 against exact search: benchmarks/README.md, ``search_million.py``).
+
+``SearchIndex`` uses FAISS automatically (backend 'auto') from ``AUTO_FAISS_VIDEOS`` videos on,
+when the index has a FAISS file; ``index`` writes one automatically from that size on when
+faiss is installed. Below it the exact float32 scan is fast enough and exact.
 """
 from __future__ import annotations
 
@@ -13,10 +23,19 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-#: Libraries smaller than this get an exact flat index: a scan of 50k x 512 takes milliseconds.
-IVF_MIN_VIDEOS = 50_000
-#: Default clusters scanned per query in IVF indexes.
-DEFAULT_NPROBE = 32
+#: Libraries from this size on are searched through FAISS when the index has a FAISS file, and
+#: ``index`` builds one when faiss-cpu is installed: an exact float32 scan of 100k x 512 takes
+#: ~5 ms on 2 cores, and grows linearly (1M: ~60 ms).
+AUTO_FAISS_VIDEOS = 100_000
+#: Below this an explicitly requested FAISS index is exact (IndexFlatIP); IVF needs enough rows
+#: per cell to train on.
+FLAT_MAX_VIDEOS = 50_000
+#: Kept for callers of the earlier name.
+IVF_MIN_VIDEOS = FLAT_MAX_VIDEOS
+#: Default cells scanned per query in IVF indexes.
+DEFAULT_NPROBE = 16
+#: Candidates an approximate index returns per query, re-ranked exactly in float32.
+RERANK_CANDIDATES = 100
 
 
 def faiss_available() -> bool:
@@ -37,27 +56,49 @@ def require_faiss():
     return faiss
 
 
-def build_faiss_index(emb: np.ndarray, nlist: Optional[int] = None, train_size: int = 100_000,
-                      seed: int = 0):
-    """Index rows of float32 ``emb`` [N, D] (L2-normalised) for inner-product search.
+def default_nlist(n: int) -> int:
+    """IVF cells: the power of two nearest sqrt(N) (1M videos: 1024), at most N / 39. More cells
+    make each probe cheaper but training costs grow with their square (k-means over 39 rows per
+    cell): at 1M, 1024 cells train in minutes on 2 cores, 4096 would take an hour."""
+    nlist = 2 ** round(math.log2(max(math.sqrt(max(n, 1)), 1)))
+    return int(max(1, min(nlist, n // 39)))
 
-    nlist: IVF clusters (default: the power of two nearest sqrt(N)); None and N below
-    ``IVF_MIN_VIDEOS`` give an exact ``IndexFlatIP``. IVF centroids are trained on at most
-    ``train_size`` random rows (k-means cost grows with it; FAISS wants >= 39 per cluster)."""
+
+def build_faiss_index(emb: np.ndarray, kind: Optional[str] = None, nlist: Optional[int] = None,
+                      train_size: int = 100_000, seed: int = 0, hnsw_m: int = 32, chunk: int = 100_000):
+    """Index rows of float32 ``emb`` [N, D] (L2-normalised; a memory map is fine) for
+    inner-product search.
+
+    kind: 'flat' (exact), 'ivf_sq8' (IVF + 8-bit codes, the default from ``FLAT_MAX_VIDEOS``),
+    'ivf_flat' (IVF, float32 vectors) or 'hnsw' (HNSW graph over float32 vectors, ``hnsw_m``
+    links per node: more memory and a slow build, for comparison in the benchmark). None: by
+    size. nlist: IVF cells (default ``default_nlist``). IVF centroids are trained on at most
+    ``train_size`` random rows (k-means cost grows with it; FAISS wants >= 39 per cell)."""
     faiss = require_faiss()
-    emb = np.ascontiguousarray(emb, dtype=np.float32)
     n, d = emb.shape
-    if nlist is None and n < IVF_MIN_VIDEOS:
+    if kind is None:
+        kind = "flat" if n < FLAT_MAX_VIDEOS and nlist is None else "ivf_sq8"
+    if kind == "flat":
         index = faiss.IndexFlatIP(d)
-        index.add(emb)
-        return index
-    nlist = nlist or 2 ** round(math.log2(max(math.sqrt(n), 1)))
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    rows = np.random.default_rng(seed).choice(n, size=min(n, max(train_size, 39 * nlist)), replace=False)
-    index.train(emb[np.sort(rows)])
-    index.add(emb)
-    index.nprobe = min(DEFAULT_NPROBE, nlist)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 64
+        index.hnsw.efSearch = 128
+    elif kind in ("ivf_sq8", "ivf_flat"):
+        nlist = int(nlist or default_nlist(n))
+        quantizer = faiss.IndexFlatIP(d)
+        if kind == "ivf_sq8":
+            index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rows = np.random.default_rng(seed).choice(n, size=min(n, max(train_size, 39 * nlist)), replace=False)
+        index.train(np.ascontiguousarray(emb[np.sort(rows)], dtype=np.float32))
+        index.nprobe = min(DEFAULT_NPROBE, nlist)
+    else:
+        raise ValueError(f"FAISS index kind {kind!r}; expected flat, ivf_sq8, ivf_flat or hnsw")
+    for start in range(0, n, chunk):  # bounded memory for memory-mapped float32 rows
+        index.add(np.ascontiguousarray(emb[start:start + chunk], dtype=np.float32))
     return index
 
 
@@ -69,8 +110,24 @@ def load_faiss_index(path: Path):
     return require_faiss().read_index(str(path))
 
 
+def is_exact(index) -> bool:
+    """True for an index whose scores are exact (flat, float32)."""
+    faiss = require_faiss()
+    return isinstance(index, faiss.IndexFlat)
+
+
 def faiss_search(index, queries: np.ndarray, k: int, nprobe: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """float32 [Q, D] -> (scores [Q, k], rows [Q, k]); rows are -1 where fewer than k exist."""
     if nprobe is not None and hasattr(index, "nprobe"):
         index.nprobe = int(nprobe)
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), int(k))
+
+
+def faiss_candidates(index, query: np.ndarray, k: int, candidates: int = RERANK_CANDIDATES,
+                     nprobe: Optional[int] = None) -> np.ndarray:
+    """Rows (int64) worth re-ranking exactly for one query float32 [D]: the top ``k`` of an
+    exact index, the top ``max(k, candidates)`` of an approximate one."""
+    want = k if is_exact(index) else max(k, candidates)
+    _, rows = faiss_search(index, query[None], min(want, index.ntotal), nprobe)
+    rows = rows[0]
+    return rows[rows >= 0].astype(np.int64)

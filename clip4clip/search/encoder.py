@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -66,6 +66,21 @@ def model_fingerprint(model: torch.nn.Module, tokenizer_state: Optional[dict]) -
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     h.update(json.dumps(tokenizer_state or {"kind": "clip"}, sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TextUse:
+    """How much of a query the text tower read: ``tokens`` of at most ``max_tokens``;
+    ``truncated``: the query had more, which were cut; ``used_text``: the part that was read
+    (decoded from the tokens, so cleaned and lower-cased), only when it was cut."""
+
+    tokens: int
+    max_tokens: int
+    truncated: bool
+    used_text: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
 
 
 class Encoder:
@@ -142,11 +157,22 @@ class Encoder:
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Queries -> float32 [N, D], L2-normalised (as evaluation's text embeddings)."""
-        ids, mask = self.tokenizer(list(texts), max_words=self.max_words)
-        emb = self.model.encode_text(ids.to(self.device), mask.to(self.device))
-        return emb.float().cpu().numpy()
+    def encode_texts(self, texts: Sequence[str], return_used: bool = False):
+        """Queries -> float32 [N, D], L2-normalised (as evaluation's text embeddings).
+
+        return_used: also return, per query, ``TextUse``: how many tokens of it the model read
+        (at most ``max_words - 2``: the text tower's length) and whether the rest was cut."""
+        ids, mask, lengths = self.tokenizer(list(texts), max_words=self.max_words, return_lengths=True)
+        emb = self.model.encode_text(ids.to(self.device), mask.to(self.device)).float().cpu().numpy()
+        if not return_used:
+            return emb
+        budget = self.max_words - 2
+        used = []
+        for row, n in zip(ids, lengths.tolist()):
+            cut = n > budget
+            text = self.tokenizer.decode(row, skip_special_tokens=True) if cut else None
+            used.append(TextUse(tokens=min(n, budget), max_tokens=budget, truncated=cut, used_text=text))
+        return emb, used
 
     # ------------------------------------------------------------------ video
     def _pack(self, frames: np.ndarray) -> tuple:
@@ -201,6 +227,54 @@ class Encoder:
             out.append(rows.numpy())
             first += n
         return out
+
+    @torch.no_grad()
+    def encode_for_index(self, videos: Sequence[Tuple[np.ndarray, np.ndarray]]) -> Tuple[np.ndarray, List[np.ndarray]]:
+        """Video embeddings and moment features of several videos, every frame through the image
+        tower once.
+
+        videos: per video (moment frames uint8 [T, H, W, 3], video_pos int [Tv]): the frames
+        scored for the best moment and the positions among them of the evaluation frames
+        (1 <= Tv <= max_frames, increasing).
+        Returns (float32 [B, D], per video float32 [T, D]): the video embeddings, exactly
+        ``encode_videos`` of the evaluation frames (the same clips, the same ``encode_frames``
+        and head), and the L2-normalised frame features of the moment frames, those of the
+        evaluation frames taken from the evaluation clip and the others encoded in clips of
+        ``max_frames`` as ``encode_moments`` does (temporal adapters see neighbouring frames)."""
+        m = self.sampling.max_frames
+        clips, rest_clips, plan = [], [], []
+        for frames, pos in videos:
+            pos = np.asarray(pos, dtype=np.int64)
+            if not 1 <= len(pos) <= m:
+                raise ValueError(f"expected 1..{m} evaluation frames, got {len(pos)}")
+            rest = np.setdiff1d(np.arange(len(frames)), pos)
+            clips.append(self._pack(frames[pos]))
+            chunks = [rest[i:i + m] for i in range(0, len(rest), m)]
+            rest_clips += [self._pack(frames[c]) for c in chunks]
+            plan.append((pos, rest, len(chunks)))
+        video_embs, eval_feats = [], []
+        for i in range(0, len(clips), self.batch_clips):
+            part = clips[i:i + self.batch_clips]
+            video = torch.cat([p[0] for p in part]).to(self.device)
+            mask = torch.cat([p[1] for p in part]).to(self.device)
+            feats = self.model.encode_frames(video, frame_mask=mask)  # what encode_video pools
+            video_embs.append(self.model.head(feats, mask).float().cpu())
+            eval_feats.append(feats.float().cpu())
+        eval_feats = l2_normalize(torch.cat(eval_feats))
+        rest_feats = None
+        if rest_clips:
+            rest_feats = l2_normalize(self._forward_clips(
+                rest_clips, lambda v, k: self.model.encode_frames(v, frame_mask=k)))
+        moments, first = [], 0
+        for j, (pos, rest, n) in enumerate(plan):
+            out = torch.empty(len(pos) + len(rest), eval_feats.shape[-1])
+            out[torch.from_numpy(pos)] = eval_feats[j, :len(pos)]
+            if n:
+                real = torch.cat([p[1] for p in rest_clips[first:first + n]]).bool()
+                out[torch.from_numpy(rest)] = rest_feats[first:first + n][real]
+                first += n
+            moments.append(out.numpy())
+        return torch.cat(video_embs).numpy(), moments
 
     def encode_video(self, frames: np.ndarray) -> np.ndarray:
         """One video's evaluation frames -> float32 [D] (see ``encode_videos``)."""

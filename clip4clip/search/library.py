@@ -1,8 +1,10 @@
 """The video library: which files to index, how to tell that one changed, and its captions."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -35,41 +37,111 @@ def scan_library(root: Path, exclude: Sequence[Path] = ()) -> Tuple[List[Library
 
     Hidden files and folders (name starting with '.') are skipped, and so are the folders in
     ``exclude`` (the index itself when it lives inside the library: its playback copies are
-    videos too). Symbolic links are followed only when they point inside ``root``, so the web
-    page can never be made to serve a file from elsewhere through the library.
+    videos too). Symbolic links:
+
+    - to a file inside ``root``: indexed under the link's name, unless the file is in the library
+      already (under its own name or another link's), so one file is one video;
+    - loops, dangling links and links leading outside ``root`` are skipped and reported (the web
+      page can never be made to serve a file from elsewhere through the library);
+    - to folders: not followed (reported), so a link cannot make the walk go round in circles.
     """
-    root = Path(root).expanduser().resolve()
+    root = Path(os.path.realpath(Path(root).expanduser()))
     if not root.is_dir():
         raise FileNotFoundError(f"--videos {root}: no such folder")
-    excluded = {Path(p).expanduser().resolve() for p in exclude}
+    excluded = [Path(os.path.realpath(Path(p).expanduser())) for p in exclude]
     files: List[LibraryFile] = []
     skipped: List[Skipped] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    links: List[Tuple[str, Path, Path]] = []
+    seen: Dict[Tuple[int, int], str] = {}  # (device, inode) -> relpath of the file indexed for it
+    for dirpath, dirnames, filenames in os.walk(root):  # followlinks=False: links are looked at below
         here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in excluded)
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            if (here / d).is_symlink():
+                rel = _relpath(here / d, root)
+                skipped.append(Skipped(rel if rel is not None else repr((here / d).relative_to(root).as_posix()),
+                                       "symbolic link to a folder: not followed (index the folder it "
+                                       "points to on its own, or link its files)"))
+                continue
+            if Path(os.path.realpath(here / d)) in excluded:
+                continue
+            keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
             if name.startswith(".") or not name.lower().endswith(VIDEO_EXTENSIONS):
                 continue
             path = here / name
-            rel = path.relative_to(root).as_posix()
-            try:
-                rel.encode("utf-8")  # SQLite and URLs need text; undecodable names cannot be stored
-            except UnicodeEncodeError:
-                skipped.append(Skipped(repr(rel), "file name is not valid UTF-8"))
+            rel = _relpath(path, root)
+            if rel is None:  # SQLite and URLs need text; undecodable names cannot be stored
+                skipped.append(Skipped(repr(path.relative_to(root).as_posix()), "file name is not valid UTF-8"))
                 continue
-            if path.is_symlink() and not path.resolve().is_relative_to(root):
-                skipped.append(Skipped(rel, f"symbolic link to {path.resolve()}, outside the library"))
+            if path.is_symlink():
+                why, target = _link_target(path, root, excluded)
+                if why:
+                    skipped.append(Skipped(rel, why))
+                else:
+                    links.append((rel, path, target))
                 continue
             try:
                 st = path.stat()
             except OSError as e:
                 skipped.append(Skipped(rel, f"cannot stat: {e.strerror}"))
                 continue
-            if not path.is_file():
+            if not stat.S_ISREG(st.st_mode):
                 continue
+            seen[(st.st_dev, st.st_ino)] = rel
             files.append(LibraryFile(rel, path, st.st_size, st.st_mtime_ns))
+    # Links last, so that a file's own name wins over a link to it; among links, the first name.
+    for rel, path, target in sorted(links):
+        try:
+            st = target.stat()
+        except OSError as e:
+            skipped.append(Skipped(rel, f"cannot stat the file it links to: {e.strerror}"))
+            continue
+        other = seen.get((st.st_dev, st.st_ino))
+        if other is not None:
+            skipped.append(Skipped(rel, f"symbolic link to {other}, which is indexed already"))
+            continue
+        seen[(st.st_dev, st.st_ino)] = rel
+        files.append(LibraryFile(rel, path, st.st_size, st.st_mtime_ns))
     files.sort(key=lambda f: f.relpath)
+    skipped.sort(key=lambda s: s.relpath)
     return files, skipped
+
+
+def _relpath(path: Path, root: Path) -> Optional[str]:
+    """POSIX path of ``path`` relative to ``root``; None when the name is not valid UTF-8."""
+    rel = path.relative_to(root).as_posix()
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return rel
+
+
+def _link_target(path: Path, root: Path, excluded: Sequence[Path]) -> Tuple[Optional[str], Optional[Path]]:
+    """(reason to skip the link, None) or (None, the regular file inside ``root`` it leads to)."""
+    try:
+        target = Path(os.path.realpath(path, strict=True))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop (the link leads back to itself)", None
+        if e.errno == errno.ENOENT:
+            try:
+                dest = os.readlink(path)
+            except OSError:
+                dest = "?"
+            return f"dangling symbolic link (to {dest!r}, which does not exist)", None
+        return f"unreadable symbolic link: {e.strerror}", None
+    if not target.is_relative_to(root):
+        return f"symbolic link to {target}, outside the library", None
+    if any(target.is_relative_to(x) for x in excluded):
+        return "symbolic link into the index folder", None
+    if not target.is_file():
+        return f"symbolic link to {target.relative_to(root).as_posix() or '.'}, which is not a file", None
+    return None, target
 
 
 def find_captions(root: Path) -> Optional[Tuple[str, Dict[str, List[str]]]]:
@@ -101,3 +173,18 @@ def find_captions(root: Path) -> Optional[Tuple[str, Dict[str, List[str]]]]:
 def video_key(relpath: str) -> str:
     """The dataset video id of a library file: its name without folders and extension."""
     return Path(relpath).stem
+
+
+def split_video_ids(dataset_cfg, split: str) -> List[str]:
+    """Video ids of one split ('train', 'val', 'test') of the dataset a checkpoint was trained
+    on (its resolved ``dataset`` config), as its reader lists them: no video is opened."""
+    import warnings
+
+    from data.splits import build_split, dataset_root
+    root = dataset_root(dataset_cfg, progress=False)
+    listing = {**dataset_cfg, "frame_cache": {**(dataset_cfg.get("frame_cache") or {}), "use": False},
+               "cache_frames": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # missing videos are reported by the indexer, not here
+        ds = build_split(listing, root, split, 224, 0, progress=False, allow_missing=True, verify=False)
+    return list(ds.video_order)

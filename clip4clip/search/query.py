@@ -1,14 +1,22 @@
 """Searching an index: ``SearchIndex.open(path).search("a man is cooking", k=10)``.
 
 Videos are ranked by the cosine similarity of the query's text embedding and each video
-embedding: the similarity evaluation ranks by (``CLIP4Clip.similarity`` scales it by a positive
-constant, which changes no rank). Each hit also carries its best moment: the timestamp of the
-indexed frame whose embedding is most similar to the query.
+embedding, in float32: the similarity evaluation ranks by (``CLIP4Clip.similarity`` scales it by
+a positive constant, which changes no rank), so searching a split's videos with its captions
+gives evaluation's R@1 exactly. Equal scores are ordered by the video's row in the index (its
+place in relpath order), so results are deterministic. Each hit also carries its best moment
+(the timestamp of the indexed frame most similar to the query) and its best segment (the span
+of frames around it that match nearly as well, see ``segments``).
+
+``search_full`` also says how much of the query the text tower read (``TextUse``): it reads at
+most ``max_words - 2`` tokens and cuts the rest.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,9 +26,12 @@ import numpy as np
 import torch
 
 from . import store
-from .encoder import Encoder
+from .encoder import Encoder, TextUse
+from .segments import best_segment
 
-BACKENDS = ("exact", "faiss")
+BACKENDS = ("auto", "exact", "faiss")
+#: Ids are SQLite integers: anything outside this range is no video (and would overflow SQLite).
+MAX_ID = 2 ** 63 - 1
 #: Longest query accepted (characters); longer ones are refused, never silently cut.
 MAX_QUERY_CHARS = 500
 #: Words of a query used for caption matching (FTS5 cost grows with the number of terms).
@@ -29,11 +40,14 @@ MAX_CAPTION_TERMS = 32
 
 @dataclass
 class Hit:
-    """One search result. id: the video's id in the index (stable across re-indexing); path:
-    relative to the library; score: cosine similarity in [-1, 1]; moment: seconds from the
-    start of the best-matching frame; moment_score: that frame's cosine similarity; duration:
-    seconds; available: the file is still there to play; captions: its first stored dataset
-    caption, if the library is a known dataset."""
+    """One search result. id: the video's id in the index (stable across re-indexing, never
+    reused); path: relative to the library; score: cosine similarity in [-1, 1] (float32, as
+    evaluation computes it); moment: seconds from the start of the best-matching frame;
+    moment_score: that frame's cosine similarity; start, end: the best segment in seconds (the
+    frames around the moment that match nearly as well, see ``segments``); duration: seconds;
+    available: the file is still there to play; captions: its first stored dataset caption, if
+    the library is a known dataset; version: a token that changes when the video's content does
+    (the web page puts it in media URLs, so browsers never play a cached older file)."""
 
     rank: int
     id: int
@@ -41,12 +55,23 @@ class Hit:
     score: float
     moment: float
     moment_score: float
+    start: float
+    end: float
     duration: float
     available: bool
     captions: List[str] = field(default_factory=list)
+    version: str = ""
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    """``hits`` best first, and ``text``: how much of the query the model read."""
+
+    hits: List["Hit"]
+    text: TextUse
 
 
 @dataclass
@@ -79,6 +104,12 @@ class VideoRecord:
     media: str
     notes: str
     captions: List[str]
+    version: str = ""
+
+
+def content_version(size: int, mtime_ns: int, media: str) -> str:
+    """12 hex digits that change whenever the indexer sees new content for a video."""
+    return hashlib.sha1(f"{int(size)}:{int(mtime_ns)}:{media}".encode()).hexdigest()[:12]
 
 
 def check_query(text: str) -> str:
@@ -106,33 +137,48 @@ class SearchIndex:
     Open with ``SearchIndex.open(path)``; the model is the one the index was built with (its
     fingerprint is checked), or ``checkpoint=`` when that file has moved. Thread-safe for the
     web app: SQLite access is serialised, ranking is read-only.
+
+    backend: 'exact' (float32 matrix-vector product over every video), 'faiss' (the index's
+    ``videos.faiss``: approximate candidates, re-ranked exactly in float32) or 'auto' (faiss
+    when the index has one and holds at least ``ann.AUTO_FAISS_VIDEOS`` videos, else exact).
     """
 
     def __init__(self, path: Path, version: Path, meta: Dict[str, Any], encoder: Encoder,
-                 backend: str = "exact", library: Optional[Path] = None):
+                 backend: str = "auto", library: Optional[Path] = None):
         if backend not in BACKENDS:
             raise ValueError(f"--backend {backend!r}; expected one of {BACKENDS}")
-        self.path, self.version, self.meta, self.encoder, self.backend = path, version, meta, encoder, backend
+        self.path, self.version, self.meta, self.encoder = path, version, meta, encoder
+        self.requested_backend = backend
         self.library = Path(library or meta["library"]).expanduser().resolve()
         self._lock = threading.Lock()
         self._db = store.open_db(version)
-        # Whole matrix in memory as float16: half of float32's bytes to stream per query, and
-        # torch's float16 matrix-vector product on CPU is as accurate (float32 accumulation).
-        self._video_emb = torch.from_numpy(np.load(version / "video_emb.npy"))
-        self._frame_emb = np.load(version / "frame_emb.npy", mmap_mode="r")
-        self._row_ids = self._row_to_id()
+        emb = np.load(version / "video_emb.npy", mmap_mode="r")
+        fpath = version / "videos.faiss"
+        if backend == "auto":
+            from .ann import AUTO_FAISS_VIDEOS, faiss_available
+            backend = "faiss" if fpath.is_file() and len(emb) >= AUTO_FAISS_VIDEOS and faiss_available() else "exact"
+        self.backend = backend
         self._faiss = None
         if backend == "faiss":
             from .ann import load_faiss_index
-            fpath = version / "videos.faiss"
             if not fpath.is_file():
                 raise ValueError(f"{path} has no FAISS index; rebuild it with 'index ... --faiss'")
             self._faiss = load_faiss_index(fpath)
+            # Only the candidates are re-ranked: the rows stay on disk (page cache), not in RAM.
+            self._video_emb = emb
+        else:
+            # Whole matrix in memory as float32, the dtype evaluation ranks in (an index of
+            # format 1 stored float16: its rows are widened, and rank as closely as they can).
+            self._video_emb = np.array(emb, dtype=np.float32)  # a copy: writable, in RAM
+            self._video_t = torch.from_numpy(self._video_emb)
+        self._frame_emb = np.load(version / "frame_emb.npy", mmap_mode="r")
+        self._row_ids = self._row_to_id()
         self.has_captions = bool(self._query("SELECT 1 FROM captions LIMIT 1"))
+        self._info: Optional[Dict[str, Any]] = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path, checkpoint: Optional[str] = None, backend: str = "exact", device: str = "cpu",
+    def open(cls, path, checkpoint: Optional[str] = None, backend: str = "auto", device: str = "cpu",
              library: Optional[str] = None, encoder: Optional[Encoder] = None) -> "SearchIndex":
         """Open the live version of the index at ``path``. The query encoder is loaded from
         ``checkpoint`` (default: the one the index records) and must have the index's
@@ -164,12 +210,15 @@ class SearchIndex:
             return self
         if version is None or version == self.version:
             return self
-        with store.open_db(version) as db:
-            meta = store.read_meta(db)
-        db.close()
+        try:
+            with store.open_db(version) as db:
+                meta = store.read_meta(db)
+            db.close()
+        except (OSError, sqlite3.Error, store.IndexFormatError):
+            return self  # deleted again in the meantime, or unreadable: keep serving what we have
         if meta["fingerprint"] != self.encoder.fingerprint:
             return self  # re-indexed with another model (--rebuild): keep serving what we have
-        return SearchIndex(self.path, version, meta, self.encoder, self.backend, self.library)
+        return SearchIndex(self.path, version, meta, self.encoder, self.requested_backend, self.library)
 
     def close(self) -> None:
         self._db.close()
@@ -189,17 +238,45 @@ class SearchIndex:
     def num_videos(self) -> int:
         return int((self._row_ids >= 0).sum())
 
+    def info(self) -> Dict[str, Any]:
+        """What the page footer and ``/api/info`` show: size of the index and of the library
+        (bytes), videos, model, backend."""
+        if self._info is None:  # a version never changes: measured once (an old index has no sizes)
+            from .indexer import version_sizes
+            sizes = dict(self.meta.get("sizes") or {k: v for k, v in version_sizes(self.version).items()
+                                                     if k != "metadata"})
+            sizes["metadata"] = (self.version / "meta.sqlite").stat().st_size
+            self._info = {"videos": self.num_videos, "index_bytes": int(sum(sizes.values())), "sizes": sizes,
+                          "library_bytes": self.meta.get("library_bytes"), "backend": self.backend,
+                          "fingerprint": self.meta["fingerprint"], "model": self.meta.get("model"),
+                          "max_query_tokens": self.encoder.max_words - 2, "format": self.meta.get("format")}
+        return dict(self._info)
+
     # ------------------------------------------------------------------ search
     def encode_query(self, text: str) -> np.ndarray:
         """float32 [D], L2-normalised."""
         return self.encoder.encode_texts([check_query(text)])[0]
 
+    def encode_query_used(self, text: str):
+        """(float32 [D] L2-normalised, ``TextUse``: how much of it the model read)."""
+        emb, used = self.encoder.encode_texts([check_query(text)], return_used=True)
+        return emb[0], used[0]
+
     def search(self, text: str, k: int = 10) -> List[Hit]:
         """The ``k`` videos most similar to ``text``, best first."""
-        return self.search_embedding(self.encode_query(text), k)
+        return self.search_full(text, k).hits
+
+    def search_full(self, text: str, k: int = 10) -> SearchResult:
+        """``search`` plus how much of the query was used (long queries are cut by the model)."""
+        emb, used = self.encode_query_used(text)
+        return SearchResult(self.search_embedding(emb, k), used)
 
     def search_embedding(self, query: np.ndarray, k: int = 10) -> List[Hit]:
         """Rank by a query embedding float32 [D] (normalised)."""
+        return [self._hit(i + 1, int(self._row_ids[r]), s, query) for i, (s, r) in enumerate(self.rank(query, k))]
+
+    def rank(self, query: np.ndarray, k: int = 10) -> List[tuple]:
+        """(score, row) of the ``k`` best videos, best first, equal scores by row: no hit details."""
         k = int(k)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -209,37 +286,38 @@ class SearchIndex:
         if query.shape != (self._video_emb.shape[1],):
             raise ValueError(f"query embedding has shape {query.shape}; expected ({self._video_emb.shape[1]},)")
         if self._faiss is not None:
-            from .ann import faiss_search
-            scores, rows = faiss_search(self._faiss, query[None], min(k, len(self._row_ids)))
-            pairs = [(float(s), int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0]
-        else:
-            sims = self._video_emb @ torch.from_numpy(query).to(self._video_emb.dtype)
-            top = torch.topk(sims.float(), min(k, len(sims)))
-            pairs = [(float(s), int(r)) for s, r in zip(top.values, top.indices)]
-        pairs = [(s, r) for s, r in pairs if self._row_ids[r] >= 0]
-        return [self._hit(i + 1, int(self._row_ids[r]), s, query) for i, (s, r) in enumerate(pairs)]
+            from .ann import faiss_candidates
+            rows = np.unique(faiss_candidates(self._faiss, query, k))
+            sims = np.asarray(self._video_emb[rows], dtype=np.float32) @ query  # exact float32 re-ranking
+            return _top(sims, rows, k, self._row_ids)
+        return _top((self._video_t @ torch.from_numpy(query)).numpy(), None, k, self._row_ids)
 
     def _hit(self, rank: int, vid: int, score: float, query: np.ndarray) -> Hit:
-        row = self._query("SELECT relpath, duration, frame_start, frame_count, frame_times FROM videos WHERE id = ?",
-                          (vid,))[0]
+        row = self._query("SELECT relpath, duration, frame_start, frame_count, frame_times, size, mtime_ns, media "
+                          "FROM videos WHERE id = ?", (vid,))[0]
         frames = np.asarray(self._frame_emb[row["frame_start"]:row["frame_start"] + row["frame_count"]],
                             dtype=np.float32)
         sims = frames @ query
-        best = int(np.argmax(sims))
         times = json.loads(row["frame_times"])
-        return Hit(rank=rank, id=vid, path=row["relpath"], score=round(score, 6), moment=float(times[best]),
-                   moment_score=round(float(sims[best]), 6), duration=float(row["duration"]),
-                   available=self.media_path(vid) is not None, captions=self.captions(vid, limit=1))
+        _, _, start, end = best_segment(sims, times, row["duration"])
+        best = int(np.argmax(sims))
+        return Hit(rank=rank, id=vid, path=row["relpath"], score=float(score), moment=float(times[best]),
+                   moment_score=float(sims[best]), start=start, end=end, duration=float(row["duration"]),
+                   available=self.media_path(vid) is not None, captions=self.captions(vid, limit=1),
+                   version=content_version(row["size"], row["mtime_ns"], row["media"]))
 
     def frame_scores(self, vid: int, text: str) -> List[Dict[str, float]]:
         """Every indexed frame of video ``vid`` with its similarity to ``text`` (time order)."""
+        return self.frame_scores_embedding(vid, self.encode_query(text))
+
+    def frame_scores_embedding(self, vid: int, query: np.ndarray) -> List[Dict[str, float]]:
         rec = self.video(vid)
         if rec is None:
             return []
-        row = self._query("SELECT frame_start, frame_count FROM videos WHERE id = ?", (vid,))[0]
+        row = self._query("SELECT frame_start, frame_count FROM videos WHERE id = ?", (int(vid),))[0]
         frames = np.asarray(self._frame_emb[row[0]:row[0] + row[1]], dtype=np.float32)
-        sims = frames @ self.encode_query(text)
-        return [{"time": t, "score": round(float(s), 6)} for t, s in zip(rec.frame_times, sims)]
+        sims = frames @ np.asarray(query, dtype=np.float32)
+        return [{"time": t, "score": float(s)} for t, s in zip(rec.frame_times, sims)]
 
     def caption_search(self, text: str, k: int = 10) -> List[CaptionHit]:
         """Videos whose stored captions match the words of ``text`` (FTS5 BM25; best caption per
@@ -253,7 +331,7 @@ class SearchIndex:
                           ROW_NUMBER() OVER (PARTITION BY video_id ORDER BY s) AS n
                    FROM (SELECT video_id, caption, bm25(captions_fts) AS s
                          FROM captions_fts WHERE captions_fts MATCH ?))
-               WHERE n = 1 ORDER BY s LIMIT ?""", (match, int(k)))
+               WHERE n = 1 ORDER BY s, video_id LIMIT ?""", (match, int(k)))
         hits = []
         for i, (vid, caption, s) in enumerate(rows):
             rec = self._query("SELECT relpath FROM videos WHERE id = ?", (vid,))
@@ -262,18 +340,30 @@ class SearchIndex:
         return hits
 
     # ------------------------------------------------------------------ videos
+    def id_of(self, relpath: str) -> Optional[int]:
+        """The id of the video at ``relpath`` (relative to the library), or None."""
+        rows = self._query("SELECT id FROM videos WHERE relpath = ?", (str(relpath),))
+        return int(rows[0][0]) if rows else None
+
     def video(self, vid: int) -> Optional[VideoRecord]:
-        rows = self._query("SELECT id, relpath, duration, fps, width, height, frame_times, media, notes "
-                           "FROM videos WHERE id = ?", (int(vid),))
+        """The video with id ``vid``, or None (also for any int that cannot be an id)."""
+        if not _valid_id(vid):
+            return None
+        rows = self._query("SELECT id, relpath, duration, fps, width, height, frame_times, media, notes, size, "
+                           "mtime_ns FROM videos WHERE id = ?", (int(vid),))
         if not rows:
             return None
         r = rows[0]
         return VideoRecord(id=r["id"], path=r["relpath"], duration=r["duration"], fps=r["fps"], width=r["width"],
                            height=r["height"], frame_times=json.loads(r["frame_times"]), media=r["media"],
-                           notes=r["notes"], captions=self.captions(vid))
+                           notes=r["notes"], captions=self.captions(vid),
+                           version=content_version(r["size"], r["mtime_ns"], r["media"]))
 
     def captions(self, vid: int, limit: int = 50) -> List[str]:
-        return [r[0] for r in self._query("SELECT caption FROM captions WHERE video_id = ? LIMIT ?", (int(vid), limit))]
+        if not _valid_id(vid):
+            return []
+        return [r[0] for r in self._query("SELECT caption FROM captions WHERE video_id = ? ORDER BY rowid LIMIT ?",
+                                          (int(vid), limit))]
 
     def example_captions(self, n: int = 3) -> List[str]:
         """A few stored captions (first ones of evenly spaced videos) for the empty-query page."""
@@ -293,12 +383,14 @@ class SearchIndex:
             return None
         media = self._query("SELECT media FROM videos WHERE id = ?", (int(vid),))[0][0]
         if media == "proxy":
-            p = self.version / "media" / f"{int(vid)}.webm"
-            return p if p.is_file() else None
+            from .indexer import proxy_file
+            return proxy_file(self.version, vid)
         return original if media == "original" else None
 
     def original_path(self, vid: int) -> Optional[Path]:
         """The library file of video ``vid``; None when unknown, disappeared, or outside the library."""
+        if not _valid_id(vid):
+            return None
         rows = self._query("SELECT relpath FROM videos WHERE id = ?", (int(vid),))
         if not rows:
             return None
@@ -306,5 +398,32 @@ class SearchIndex:
         return p if p.is_relative_to(self.library) and p.is_file() else None
 
     def thumb_path(self, vid: int) -> Optional[Path]:
+        if not _valid_id(vid):
+            return None
         p = self.version / "thumbs" / f"{int(vid)}.jpg"
         return p if p.is_file() else None
+
+
+def _valid_id(vid) -> bool:
+    try:
+        return 0 <= int(vid) <= MAX_ID
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def _top(sims: np.ndarray, rows: Optional[np.ndarray], k: int, row_ids: np.ndarray) -> List[tuple]:
+    """(score, row) of the k highest ``sims`` (over ``rows``, or all rows when None), best first,
+    equal scores by row; rows without a video (-1 in ``row_ids``) are left out."""
+    if rows is None:
+        rows = np.arange(len(sims))
+    keep = row_ids[rows] >= 0
+    sims, rows = sims[keep], rows[keep]
+    k = min(k, len(sims))
+    if k == 0:
+        return []
+    if k < len(sims):
+        kth = float(torch.topk(torch.from_numpy(sims), k, sorted=False).values.min())
+        sel = sims >= kth  # every row tied with the k-th best, so that ties are broken by row below
+        sims, rows = sims[sel], rows[sel]
+    order = np.lexsort((rows, -sims))[:k]
+    return [(float(sims[i]), int(rows[i])) for i in order]

@@ -6,12 +6,15 @@ Layout::
       CURRENT                 name of the live version folder (replaced atomically)
       v-<time>-<random>/      one complete version
         meta.sqlite           metadata (tables below), the model fingerprint, captions + FTS5
-        video_emb.npy         float16 [N, D]  row i = the video whose ``videos.row`` is i
+        video_emb.npy         float32 [N, D]  row i = the video whose ``videos.row`` is i (rows in
+                              relpath order); float32 so that search ranks exactly as evaluation
         frame_emb.npy         float16 [F, D]  rows frame_start .. frame_start+frame_count-1 of a video
         thumbs/<id>.jpg       one thumbnail per video
-        media/<id>.webm       playback copies of videos browsers cannot play (AVI, MKV, mp4v, ...)
+        media/<id>.mp4|.webm  playback copies of videos browsers cannot play (AVI, MKV, mp4v, ...)
         videos.faiss          optional FAISS index over video_emb
-      .build-<pid>-<random>/  a version being written (deleted when its process is gone)
+      .build-<pid>-<random>/  a version being written; its journal.sqlite records every video
+                              encoded so far, so a run killed outright is resumed by the next one
+                              (see ``journal``); other stale build folders are deleted
 
 A new version is written completely, fsynced, and only then named in ``CURRENT``: a crash at
 any moment leaves the previous version (or nothing, on the first run) as the index, never a
@@ -26,12 +29,14 @@ import sqlite3
 import time
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Dict, Optional
+from typing import Any, BinaryIO, Callable, Dict, Optional
 
 import numpy as np
 
-#: Written into every index; readers refuse other formats.
-FORMAT = "clip4clip-search/1"
+#: Written into every index. Format 1 (float16 video embeddings) is still read; an index update
+#: re-encodes its videos (keeping their ids), since float16 rows would not rank as evaluation.
+FORMAT = "clip4clip-search/2"
+READABLE_FORMATS = ("clip4clip-search/1", FORMAT)
 CURRENT = "CURRENT"
 
 SCHEMA = """
@@ -108,33 +113,54 @@ def check_index_dir(index_dir: Path) -> None:
                               "choose a new folder")
 
 
-def new_build_dir(index_dir: Path) -> Path:
+def new_build_dir(index_dir: Path, resume: Optional[Callable[[Path], bool]] = None) -> Path:
+    """A fresh build folder, or, when ``resume`` accepts one, the newest build folder that a
+    process killed outright left behind, renamed as ours (its journal is carried on). Other stale
+    build folders are deleted."""
     index_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale(index_dir)
     build = index_dir / f".build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    build.mkdir()
-    (build / "thumbs").mkdir()
-    (build / "media").mkdir()
+    stale = sorted((p for p in index_dir.iterdir() if p.name.startswith(".build-") and not _alive(p)),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in stale if resume is not None else ():
+        if resume(p):
+            os.replace(p, build)
+            break
+    remove_stale(index_dir, keep=build)
+    build.mkdir(exist_ok=True)
+    (build / "thumbs").mkdir(exist_ok=True)
+    (build / "media").mkdir(exist_ok=True)
     return build
 
 
+def _alive(build: Path) -> bool:
+    """Whether the process named in a build folder's name still runs (True when unsure). Our
+    own builds count as dead: callers hold the index lock, so ours is an interrupted run's."""
+    try:
+        pid = int(build.name.split("-")[1])
+        if pid == os.getpid():
+            return False
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, IndexError, PermissionError, OSError):
+        return True
+    return True
+
+
 def remove_stale(index_dir: Path, keep: Optional[Path] = None) -> None:
-    """Delete build folders of dead processes and every version folder but ``keep`` and the live one."""
+    """Delete build folders of dead processes and every version folder but ``keep`` (a version
+    or a build folder) and the live one."""
     live = None
     try:
         live = current_version(index_dir)
     except IndexFormatError:
         pass
     for p in index_dir.iterdir():
+        if p == keep:
+            continue
         if p.name.startswith(".build-"):
-            try:
-                os.kill(int(p.name.split("-")[1]), 0)
-                continue  # its process is alive: another indexer is writing
-            except ProcessLookupError:
-                pass
-            except (ValueError, IndexError, PermissionError):
-                continue
-            shutil.rmtree(p, ignore_errors=True)
+            if not _alive(p):  # a live process's build is another indexer's work in progress
+                shutil.rmtree(p, ignore_errors=True)
         elif p.name.startswith("v-") and p not in (live, keep):
             shutil.rmtree(p, ignore_errors=True)
 
@@ -204,8 +230,8 @@ def open_db(version: Path) -> sqlite3.Connection:
 
 def read_meta(db: sqlite3.Connection) -> Dict[str, Any]:
     meta = {row[0]: json.loads(row[1]) for row in db.execute("SELECT key, value FROM meta")}
-    if meta.get("format") != FORMAT:
-        raise IndexFormatError(f"index format {meta.get('format')!r}; this code reads {FORMAT!r}")
+    if meta.get("format") not in READABLE_FORMATS:
+        raise IndexFormatError(f"index format {meta.get('format')!r}; this code reads {list(READABLE_FORMATS)}")
     return meta
 
 
@@ -215,17 +241,17 @@ def write_meta(db: sqlite3.Connection, meta: Dict[str, Any]) -> None:
 
 
 class ArrayWriter:
-    """Append float16 rows of a fixed width to a raw file, then turn it into a ``.npy`` without
+    """Append rows of a fixed width and dtype to a raw file, then turn it into a ``.npy`` without
     holding the whole array in memory (libraries can be larger than RAM allows twice over)."""
 
-    def __init__(self, path: Path, dim: int):
-        self.path, self.dim, self.rows = Path(path), int(dim), 0
+    def __init__(self, path: Path, dim: int, dtype=np.float16):
+        self.path, self.dim, self.rows, self.dtype = Path(path), int(dim), 0, np.dtype(dtype)
         self._raw_path = self.path.with_suffix(".raw")
         self._raw: BinaryIO = open(self._raw_path, "wb")
 
     def append(self, rows: np.ndarray) -> int:
         """Append [n, dim] rows; returns the index of the first one."""
-        rows = np.asarray(rows, dtype=np.float16).reshape(-1, self.dim)
+        rows = np.asarray(rows, dtype=self.dtype).reshape(-1, self.dim)
         first = self.rows
         self._raw.write(np.ascontiguousarray(rows).tobytes())
         self.rows += len(rows)
@@ -233,7 +259,7 @@ class ArrayWriter:
 
     def close(self) -> None:
         self._raw.close()
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
                   "shape": (self.rows, self.dim)}
         with open(self.path, "wb") as out, open(self._raw_path, "rb") as raw:
             np.lib.format.write_array_header_1_0(out, header)

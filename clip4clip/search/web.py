@@ -1,13 +1,19 @@
 """The search web page (Flask, server-rendered; a few lines of JavaScript for the player).
 
-Routes: ``/`` search page (``q``, ``k``, ``captions``), ``/video/<id>`` player starting at
-``t`` seconds, ``/media/<id>`` the video file (HTTP Range, so the browser can seek),
-``/thumb/<id>`` thumbnail, ``/api/search`` and ``/api/video/<id>`` JSON.
+Routes: ``/`` search page (``q``, ``k``, ``captions``), ``/video/<id>`` player playing the span
+``t`` .. ``end`` seconds (the hit's best segment), ``/media/<id>`` the video file (HTTP Range, so
+the browser can seek), ``/thumb/<id>`` thumbnail, ``/api/search``, ``/api/video/<id>`` and
+``/api/info`` JSON. Every ``/api`` answer is JSON, errors included.
+
+Serve it with ``serve`` (waitress, a production WSGI server: a pool of ``threads`` workers) or
+any WSGI server; ``python -m clip4clip.search serve`` does.
 
 Safety: files are looked up by the integer id of an indexed video, never by a path from the
 request, and only inside the library or the index (``SearchIndex.media_path``); every echoed
 value goes through Jinja's autoescaping; queries are bounded (``MAX_QUERY_CHARS``); a strict
-Content-Security-Policy allows only this server's own scripts, styles and media.
+Content-Security-Policy allows only this server's own scripts, styles and media. Media and
+thumbnail URLs carry ``v=<content version>``: a video whose file changed gets new URLs, so a
+browser never shows its cached copy of the old one.
 """
 from __future__ import annotations
 
@@ -17,16 +23,24 @@ from pathlib import Path
 from typing import Optional
 
 from flask import Flask, abort, jsonify, render_template, request, send_file, url_for
+from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_range_header
 
-from .query import MAX_QUERY_CHARS, SearchIndex, check_query
+from .indexer import human_bytes
+from .query import MAX_ID, MAX_QUERY_CHARS, SearchIndex, check_query
 
 DEFAULT_K = 12
 MAX_K = 100
+#: Worker threads of ``serve`` (waitress): each runs one request; a query is one text encoding
+#: (tens of ms of CPU) plus a scan, so more threads than cores only queue on the CPU.
+DEFAULT_THREADS = 4
 #: MIME types of what /media serves. MOV holds H.264 the same way MP4 does (both ISO media
 #: files), and browsers only play it when it is announced as MP4.
 _MIME = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/mp4", ".webm": "video/webm"}
 _CSP = ("default-src 'none'; img-src 'self'; media-src 'self'; style-src 'self'; script-src 'self'; "
         "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+#: Video ids in URLs: SQLite integers (a larger number is no video: 404, not an overflow).
+ID = f"int(max={MAX_ID})"
 
 
 class _Live:
@@ -68,12 +82,12 @@ def _query_arg() -> str:
     return q.strip()
 
 
-def _time_arg(duration: float) -> float:
+def _time_arg(name: str, duration: float, default: float) -> float:
     try:
-        t = float(request.args.get("t", "0"))
+        t = float(request.args.get(name, default))
     except ValueError:
-        return 0.0
-    return min(max(t, 0.0), max(duration, 0.0)) if math.isfinite(t) else 0.0
+        return default
+    return min(max(t, 0.0), max(duration, 0.0)) if math.isfinite(t) else default
 
 
 def mmss(seconds: float) -> str:
@@ -82,11 +96,24 @@ def mmss(seconds: float) -> str:
     return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
 
 
+def _ignore_bad_range() -> None:
+    """RFC 9110 14.2: a server MAY ignore Range; a Range it cannot parse, or one in another
+    unit, or several ranges (which we do not serve as multipart), is ignored and the whole file
+    sent with 200. Only a well-formed single byte range outside the file gets 416."""
+    header = request.environ.get("HTTP_RANGE")
+    if header is None:
+        return
+    rng = parse_range_header(header)
+    if rng is None or rng.units != "bytes" or len(rng.ranges) != 1:
+        del request.environ["HTTP_RANGE"]
+
+
 def create_app(index: SearchIndex) -> Flask:
-    """A Flask app serving ``index``. Run it with ``app.run`` or any WSGI server."""
+    """A Flask app serving ``index``. Run it with ``serve`` or any WSGI server."""
     here = Path(__file__).parent
     app = Flask(__name__, template_folder=str(here / "templates"), static_folder=str(here / "static"))
     app.jinja_env.filters["mmss"] = mmss
+    app.jinja_env.filters["bytes"] = human_bytes
     live = _Live(index)
 
     @app.after_request
@@ -97,25 +124,44 @@ def create_app(index: SearchIndex) -> Flask:
         resp.headers["X-Frame-Options"] = "DENY"
         return resp
 
+    def api() -> bool:
+        return request.path.startswith("/api/") or request.path == "/api"
+
     def error_page(status: int, title: str, message: str):
         return render_template("error.html", status=status, title=title, message=message,
                                index=live.get()), status
 
     @app.errorhandler(BadRequest)
     def _bad(e):
-        if request.path.startswith("/api/"):
-            return jsonify({"error": str(e)}), 400
+        if api():
+            return jsonify({"error": str(e), "status": 400}), 400
         return error_page(400, "Cannot search for that", str(e))
 
-    @app.errorhandler(404)
-    def _not_found(e):
-        if request.path.startswith("/api/"):
-            return jsonify({"error": "not found"}), 404
-        return error_page(404, "Not found", "There is no such page or video in this index.")
+    @app.errorhandler(HTTPException)
+    def _http(e):
+        status = e.code or 500
+        if api():
+            return jsonify({"error": e.description if status != 404 else "not found", "status": status}), status
+        if status == 404:
+            return error_page(404, "Not found", "There is no such page or video in this index.")
+        if status == 405:
+            return error_page(405, "Method not allowed", "This page only answers GET requests.")
+        return e  # werkzeug's own page (e.g. 416 with its Content-Range header)
 
-    @app.errorhandler(405)
-    def _method(e):
-        return error_page(405, "Method not allowed", "This page only answers GET requests.")
+    @app.errorhandler(Exception)
+    def _crash(e):
+        app.logger.exception("error serving %s", request.path)
+        if api():
+            return jsonify({"error": "internal error", "status": 500}), 500
+        return error_page(500, "Something went wrong", "The server could not answer this request.")
+
+    def media_url(vid: int, version: str) -> str:
+        return url_for("media", vid=vid, v=version)
+
+    def thumb_url(vid: int, version: str) -> str:
+        return url_for("thumb", vid=vid, v=version)
+
+    app.jinja_env.globals.update(media_url=media_url, thumb_url=thumb_url)
 
     @app.get("/")
     def search_page():
@@ -127,74 +173,107 @@ def create_app(index: SearchIndex) -> Flask:
         show_captions = idx.has_captions and (not chosen or "1" in chosen)
         if not q:
             return render_template("search.html", index=idx, q="", k=k, show_captions=show_captions,
-                                   hits=None, caption_hits=None, examples=idx.example_captions(3))
+                                   hits=None, caption_hits=None, examples=idx.example_captions(3), used=None)
         try:
-            hits = idx.search(check_query(q), k)
+            result = idx.search_full(check_query(q), k)
             caption_hits = idx.caption_search(q, k) if show_captions else None
         except ValueError as e:
             raise BadRequest(str(e)) from e
-        return render_template("search.html", index=idx, q=q, k=k, show_captions=show_captions, hits=hits,
-                               caption_hits=caption_hits, examples=[])
+        return render_template("search.html", index=idx, q=q, k=k, show_captions=show_captions, hits=result.hits,
+                               caption_hits=caption_hits, examples=[], used=result.text)
 
-    @app.get("/video/<int:vid>")
+    @app.get(f"/video/<{ID}:vid>")
     def player(vid: int):
         idx = live.get()
         rec = idx.video(vid)
         if rec is None:
             abort(404)
-        t = _time_arg(rec.duration)
         q = _query_arg()
-        moments = []
+        moments, used = [], None
         if q:
-            scores = idx.frame_scores(vid, q)
+            try:
+                emb, used = idx.encode_query_used(q)
+            except ValueError as e:
+                raise BadRequest(str(e)) from e
+            scores = idx.frame_scores_embedding(vid, emb)
             moments = sorted(scores, key=lambda m: -m["score"])[:5]
+        t = _time_arg("t", rec.duration, 0.0)
+        end = _time_arg("end", rec.duration, rec.duration)
+        if end <= t:
+            end = rec.duration
         available = idx.media_path(vid) is not None
-        return render_template("player.html", index=idx, video=rec, t=t, q=q, moments=moments,
-                               available=available), (200 if available else 404)
+        return render_template("player.html", index=idx, video=rec, t=t, end=end, q=q, moments=moments,
+                               used=used, available=available), (200 if available else 404)
 
-    @app.get("/media/<int:vid>")
+    @app.get(f"/media/<{ID}:vid>")
     def media(vid: int):
-        path = live.get().media_path(vid)
+        idx = live.get()
+        path = idx.media_path(vid)
         if path is None:
             abort(404)
+        _ignore_bad_range()
+        rec = idx.video(vid)
+        # A URL with the current content version never changes meaning: cache it for a day.
+        fresh = rec is not None and request.args.get("v") == rec.version
         # conditional=True: Range requests get 206 partial content, so the player can seek.
         return send_file(path, mimetype=_MIME.get(path.suffix.lower(), "application/octet-stream"),
-                         conditional=True, max_age=300)
+                         conditional=True, max_age=86400 if fresh else 0)
 
-    @app.get("/thumb/<int:vid>")
+    @app.get(f"/thumb/<{ID}:vid>")
     def thumb(vid: int):
         idx = live.get()
-        if idx.video(vid) is None:
+        rec = idx.video(vid)
+        if rec is None:
             abort(404)
         path = idx.thumb_path(vid)
         if path is None:
             return send_file(Path(app.static_folder) / "placeholder.svg", mimetype="image/svg+xml")
-        return send_file(path, mimetype="image/jpeg", conditional=True, max_age=300)
+        fresh = request.args.get("v") == rec.version
+        return send_file(path, mimetype="image/jpeg", conditional=True, max_age=86400 if fresh else 0)
 
     @app.get("/api/search")
     def api_search():
         idx = live.get()
         q, k = _query_arg(), _k(request.args.get("k"))
         try:
-            hits = idx.search(check_query(q), k)
+            result = idx.search_full(check_query(q), k)
             caption_hits = idx.caption_search(q, k) if idx.has_captions else None
         except ValueError as e:
             raise BadRequest(str(e)) from e
-        results = [{**h.to_dict(), "thumb_url": url_for("thumb", vid=h.id),
-                    "player_url": url_for("player", vid=h.id, t=h.moment, q=q),
-                    "media_url": url_for("media", vid=h.id) if h.available else None} for h in hits]
+        results = [{**h.to_dict(), "thumb_url": thumb_url(h.id, h.version),
+                    "player_url": url_for("player", vid=h.id, t=h.start, end=h.end, q=q),
+                    "media_url": media_url(h.id, h.version) if h.available else None} for h in result.hits]
         captions = None if caption_hits is None else [
             {**c.to_dict(), "player_url": url_for("player", vid=c.id)} for c in caption_hits]
         return jsonify({"query": q, "k": k, "backend": idx.backend, "fingerprint": idx.meta["fingerprint"],
-                        "results": results, "caption_matches": captions})
+                        "query_used": result.text.to_dict(), "results": results, "caption_matches": captions})
 
-    @app.get("/api/video/<int:vid>")
+    @app.get(f"/api/video/<{ID}:vid>")
     def api_video(vid: int):
         idx = live.get()
         rec = idx.video(vid)
         if rec is None:
             abort(404)
         return jsonify({**rec.__dict__, "available": idx.media_path(vid) is not None,
-                        "media_url": url_for("media", vid=vid), "thumb_url": url_for("thumb", vid=vid)})
+                        "media_url": media_url(vid, rec.version), "thumb_url": thumb_url(vid, rec.version)})
+
+    @app.get("/api/info")
+    def api_info():
+        return jsonify(live.get().info())
 
     return app
+
+
+def make_server(index: SearchIndex, host: str = "127.0.0.1", port: int = 8000, threads: int = DEFAULT_THREADS):
+    """A waitress server for ``index`` (not started): ``.run()`` serves until ``.close()``;
+    ``.effective_port`` is the port (pass 0 for a free one)."""
+    from waitress import create_server
+    # connection_limit: keep-alive clients beyond the worker threads wait in the OS backlog
+    # instead of being refused; channel_timeout closes idle keep-alive connections.
+    return create_server(create_app(index), host=host, port=port, threads=int(threads), ident="clip4clip-search",
+                         connection_limit=256, channel_timeout=60)
+
+
+def serve(index: SearchIndex, host: str = "127.0.0.1", port: int = 8000, threads: int = DEFAULT_THREADS) -> None:
+    """Serve ``index`` with waitress until interrupted."""
+    make_server(index, host, port, threads).run()
