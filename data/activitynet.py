@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 
 from .base import SplitIndex, VideoTextDataset, load_json_file
-from .didemo import AnnotationError, AnnotationProblems, json_type, shown, walk_video_files
+from .annotations import AnnotationError, AnnotationProblems, json_type, shown, walk_video_files
 
 __all__ = ["ACTIVITYNET_VIDEO_EXTENSIONS", "ActivityNetDataset", "AnnotationError"]
 

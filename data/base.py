@@ -392,16 +392,16 @@ class VideoTextDataset(Dataset):
     def _open_store(self, use: str, directory, size: int, fmt: str) -> FrameStore | None:
         if use == "off":
             return None
-        path = Path(directory).expanduser() if directory else default_cache_dir(self.root, self.keyframe_params.scheme, size)
+        path = Path(directory).expanduser() if directory else default_cache_dir(self.root, self.sampling.scheme, size)
         store = FrameStore.open_if_present(path, fmt)
         if store is None:
             if use == "require":
                 raise FileNotFoundError(
                     f"dataset.frame_cache.use=require but there is no frame cache at {path}; run "
-                    f"extract_frames.py for this dataset (keyframes={self.keyframe_params.scheme}, size={size})"
+                    f"extract_frames.py for this dataset (keyframes={self.sampling.scheme}, size={size})"
                 )
             return None
-        store.check_compatible(self.keyframe_params, self.image_size)
+        store.check_compatible(self.sampling, self.image_size)
         return store
 
     @property
@@ -413,7 +413,7 @@ class VideoTextDataset(Dataset):
         """uint8 [T, H, W, 3] keyframes from the disk cache, else decoded from the file."""
         if self._store is not None and video_id in self._store:
             return self._store.load(video_id)
-        return select_keyframes(self._paths[video_id], self.keyframe_params).frames
+        return select_keyframes(self._paths[video_id], self.sampling).frames
 
     def _load_for_ram(self, video_id: str) -> np.ndarray:
         frames = self._load_uncached(video_id)

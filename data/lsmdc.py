@@ -28,7 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .base import SplitIndex, VideoTextDataset, read_text_file
-from .didemo import AnnotationError, AnnotationProblems, walk_video_files
+from .annotations import AnnotationError, AnnotationProblems, walk_video_files
 
 __all__ = ["AnnotationError", "LSMDCDataset", "LSMDC_VIDEO_EXTENSIONS", "lsmdc_movie"]
 

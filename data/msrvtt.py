@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
 
+from .annotations import json_type, shown
 from .base import MissingDataError, SplitIndex, VideoTextDataset, find_video_files, load_json_file, read_text_file
 
 __all__ = ["MSRVTTDataset", "MissingDataError", "VIDEO_EXTENSIONS"]
@@ -78,12 +78,12 @@ def _video_id(value, where: str) -> str:
     if isinstance(value, str):
         if value.strip():
             return value
-        shown = "empty"
+        what = "empty"
     elif isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     else:
-        shown = f"a JSON {_json_type(value)}" + ("" if value is None else f" {json.dumps(value)[:60]}")
-    raise ValueError(f"{where}: 'video_id' is {shown}; expected {_SENTENCE}")
+        what = shown(value)
+    raise ValueError(f"{where}: 'video_id' is {what}; expected {_SENTENCE}")
 
 
 def _load_captions(path: Path) -> dict[str, list[str]]:
@@ -93,36 +93,28 @@ def _load_captions(path: Path) -> dict[str, list[str]]:
     data = load_json_file(path)
     if not isinstance(data, dict):
         raise ValueError(
-            f"{path}: top level is a JSON {_json_type(data)}; expected MSR-VTT's object "
+            f"{path}: top level is a JSON {json_type(data)}; expected MSR-VTT's object "
             '{"videos": [...], "sentences": [...]}'
         )
     if "sentences" not in data:
         raise ValueError(f"{path}: no 'sentences' field; expected MSR-VTT's object " '{"videos": [...], "sentences": [...]}')
     sentences = data["sentences"]
     if not isinstance(sentences, list):
-        raise ValueError(f"{path}: 'sentences' is a JSON {_json_type(sentences)}; expected a list of {_SENTENCE}")
+        raise ValueError(f"{path}: 'sentences' is a JSON {json_type(sentences)}; expected a list of {_SENTENCE}")
     caps: dict[str, list[str]] = defaultdict(list)
     for i, s in enumerate(sentences):
         where = f"{path}: sentences[{i}]"
         if not isinstance(s, dict):
-            raise ValueError(f"{where} is a JSON {_json_type(s)}; expected {_SENTENCE}")
+            raise ValueError(f"{where} is a JSON {json_type(s)}; expected {_SENTENCE}")
         for key in ("video_id", "caption"):
             if key not in s:
                 raise ValueError(f"{where}: no {key!r} field; expected {_SENTENCE}")
         caption = s["caption"]
         if not isinstance(caption, str):
-            shown = f"a JSON {_json_type(caption)}" + ("" if caption is None else f" {json.dumps(caption)[:60]}")
-            raise ValueError(f"{where}: 'caption' is {shown}; expected {_SENTENCE}")
+            raise ValueError(f"{where}: 'caption' is {shown(caption)}; expected {_SENTENCE}")
         caps[_video_id(s["video_id"], where)].append(caption)
     return dict(caps)
 
-
-def _json_type(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(value), type(value).__name__)
 
 
 class MSRVTTDataset(VideoTextDataset):

@@ -166,14 +166,8 @@ def sample_frame_indices(
     if num_frames == 0:
         return np.zeros(0, dtype=np.int64)
     if rule == "official":
-        cand = _official_candidates(int(num_frames), video_fps, fps)
-        if max_frames is None or len(cand) <= max_frames:
-            return cand
-        if slice_framepos == "head":
-            return cand[:max_frames]
-        if slice_framepos == "tail":
-            return cand[-max_frames:]
-        return cand[np.linspace(0, len(cand) - 1, num=max_frames, dtype=int)]
+        # CLIP4Clip's uniform cut truncates the linspace positions (np.linspace(dtype=int)).
+        return _cut(_official_candidates(int(num_frames), video_fps, fps), max_frames, slice_framepos, np.floor)
 
     step = video_fps / fps  # frames between two sample times
     num_times = int(math.ceil(num_frames / step))  # sample times j/fps with j*step < num_frames
@@ -182,15 +176,19 @@ def sample_frame_indices(
     cand = np.ceil(np.arange(num_times, dtype=np.float64) * step - 1e-6).astype(np.int64)
     cand = cand[cand < num_frames]
     cand = np.unique(cand)  # fps > video_fps maps several times onto one frame
+    return _cut(cand, max_frames, slice_framepos, np.round)
 
+
+def _cut(cand: np.ndarray, max_frames: int | None, slice_framepos: str, to_int) -> np.ndarray:
+    """At most ``max_frames`` of the candidate frames: the first, the last, or evenly spread
+    (linspace positions made whole by ``to_int``: round for the exact rule, floor as upstream)."""
     if max_frames is None or len(cand) <= max_frames:
         return cand
     if slice_framepos == "head":
         return cand[:max_frames]
     if slice_framepos == "tail":
         return cand[-max_frames:]
-    pos = np.round(np.linspace(0, len(cand) - 1, num=max_frames)).astype(np.int64)
-    return cand[pos]
+    return cand[to_int(np.linspace(0, len(cand) - 1, num=max_frames)).astype(np.int64)]
 
 
 def _official_candidates(num_frames: int, video_fps: float, fps: float) -> np.ndarray:

@@ -13,7 +13,8 @@ import pytest
 
 from data.activitynet import ActivityNetDataset
 from data.base import MissingDataError, MissingVideosWarning
-from data.didemo import AnnotationError, DiDeMoDataset
+from data.annotations import AnnotationError
+from data.didemo import DiDeMoDataset
 from data.lsmdc import LSMDCDataset, lsmdc_movie
 from toy_datasets import write_video
 

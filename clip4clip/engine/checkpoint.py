@@ -74,11 +74,11 @@ def reconcile_best(ckpt_dir: Union[str, os.PathLike], state: Dict[str, Any],
     best, pending = src / "best.pt", src / BEST_PENDING
     best_epoch, epoch = int(state.get("best_epoch", -1)), int(state.get("epoch", 0))
     note = None
-    chosen = best
+    chosen, held = best, None
     if pending.exists():
         pending_epoch = read_epoch(pending)
         if pending_epoch == best_epoch:  # killed after last.pt was written: finish the rename
-            chosen = pending
+            chosen, held = pending, pending_epoch
             note = f"best.pt completed from {pending.name} (epoch {pending_epoch})"
         else:  # killed before last.pt: that epoch is trained again and written again
             note = f"{pending.name} of epoch {pending_epoch} discarded (last.pt is at epoch {epoch})"
@@ -88,7 +88,7 @@ def reconcile_best(ckpt_dir: Union[str, os.PathLike], state: Dict[str, Any],
         if not chosen.is_file():
             raise ValueError(f"{best} is missing but the checkpoint resumed from says the best epoch is "
                              f"{best_epoch}; put that run's best.pt beside it or start a new run")
-        held = read_epoch(chosen)
+        held = read_epoch(chosen) if held is None else held  # each file is read once
         if held != best_epoch:
             raise ValueError(f"{chosen} holds epoch {held} but the checkpoint resumed from says the best "
                              f"epoch is {best_epoch}: the two files are from different moments of the run")

@@ -10,7 +10,6 @@ beside the plain ones, never in their place (``evaluate_with_postprocessing``)."
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..metrics import format_table, retrieval_metrics, retrieval_metrics_multi
 from ..postprocess import DSL_TEMPERATURE, POSTPROCESSORS, QB_BETA, QB_K, QUERYBANK_METHODS
+from .config_values import positive_number, whole_number
 from .precision import autocast
 from .step import batch_to_device
 
@@ -249,25 +249,6 @@ _TITLES = {"dsl": "dual softmax (DSL)", "qbnorm": "QB-Norm (dynamic inverted sof
            "isoftmax": "inverted softmax (IS)"}
 
 
-def _count(value: Any, key: str, minimum: int, optional: bool = False) -> Optional[int]:
-    if optional and value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
-            or int(value) < minimum:
-        more = " or null" if optional else ""
-        raise ValueError(f"{key}={value!r}; expected a whole number >= {minimum}{more}")
-    return int(value)
-
-
-def _positive(value: Any, key: str, optional: bool = False) -> Optional[float]:
-    if optional and value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        more = " or null" if optional else ""
-        raise ValueError(f"{key}={value!r}; expected a positive number{more}")
-    return float(value)
-
-
 @dataclass(frozen=True)
 class Postprocess:
     """What ``eval`` asks for beside the plain metrics.
@@ -301,11 +282,11 @@ class Postprocess:
         bank = dict(cfg.get("querybank") or {})
         return cls(
             methods=tuple(dict.fromkeys(n for n in names if n not in (None, "none"))),
-            querybank_size=_count(bank.get("size", 5000), "eval.querybank.size", 1, optional=True),
-            querybank_seed=_count(bank.get("seed", 0), "eval.querybank.seed", 0),
-            dsl_temperature=_positive(cfg.get("dsl_temperature"), "eval.dsl_temperature", optional=True),
-            qb_beta=_positive(cfg.get("qb_beta", QB_BETA), "eval.qb_beta"),
-            qb_k=_count(cfg.get("qb_k", QB_K), "eval.qb_k", 1),
+            querybank_size=whole_number(bank.get("size", 5000), "eval.querybank.size", 1, optional=True),
+            querybank_seed=whole_number(bank.get("seed", 0), "eval.querybank.seed", 0),
+            dsl_temperature=positive_number(cfg.get("dsl_temperature"), "eval.dsl_temperature", optional=True),
+            qb_beta=positive_number(cfg.get("qb_beta", QB_BETA), "eval.qb_beta"),
+            qb_k=whole_number(cfg.get("qb_k", QB_K), "eval.qb_k", 1),
         )
 
     @property

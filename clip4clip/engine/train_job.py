@@ -25,6 +25,7 @@ from ..loss import ClipLoss
 from ..metrics import format_table
 from .checkpoint import load_checkpoint, reconcile_best, resolve_resume_path, seed_everything
 from .collate import TokenizeCollate
+from .config_values import positive_number, whole_number
 from data.splits import build_split, dataset_root, val_split_name
 from .evaluation_sharded import evaluate_distributed_with_postprocessing
 from .evaluation import Postprocess, draw_querybank
@@ -36,24 +37,6 @@ from .sampler import EpochSampler
 from .tensorboard import Logger
 from .run_folder import check_output_dir, save_config, write_json
 from .trainer import Trainer, TrainOptions, TrainParts
-
-
-def _positive(cfg: Mapping, section: str, *keys: str) -> None:
-    for k in keys:
-        v = cfg[section][k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ValueError(f"{section}.{k}={v!r}; expected a positive number")
-
-
-def whole_number(value: Any, name: str, minimum: int = 1, optional: bool = False) -> Any:
-    """``value`` as an int, refusing 2.5, '4', True and numbers below ``minimum`` (a count that
-    silently became int(2.5) = 2 would train one thing and record another)."""
-    if optional and value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
-            or int(value) < minimum:
-        raise ValueError(f"{name}={value!r}; expected a whole number >= {minimum}")
-    return int(value)
 
 
 # Counts that must be whole numbers: (section, key, minimum, may be null).
@@ -129,7 +112,7 @@ def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     config = to_plain(cfg)
     tr = config["trainer"]
     check_counts(config)
-    _positive(config, "optim", "lr")
+    positive_number(config["optim"]["lr"], "optim.lr")
     device = resolve_device(tr["device"])
     info, device = init_distributed(device, tr.get("dist_backend", "auto"))
     try:

@@ -1,0 +1,27 @@
+"""Checks of single config values, shared by the training and evaluation jobs: one message form
+(``key=value; expected ...``) for every count and positive number a run reads."""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+
+def whole_number(value: Any, name: str, minimum: int = 1, optional: bool = False) -> Optional[int]:
+    """``value`` as an int, refusing 2.5, '4', True and numbers below ``minimum`` (a count that
+    silently became int(2.5) = 2 would train one thing and record another). ``optional``: None
+    passes through."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+            or int(value) < minimum:
+        raise ValueError(f"{name}={value!r}; expected a whole number >= {minimum}{' or null' if optional else ''}")
+    return int(value)
+
+
+def positive_number(value: Any, name: str, optional: bool = False) -> Optional[float]:
+    """``value`` as a finite float > 0 (booleans and strings refused); ``optional``: None passes."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={value!r}; expected a positive number{' or null' if optional else ''}")
+    return float(value)
