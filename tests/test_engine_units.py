@@ -132,6 +132,64 @@ def test_held_text_tower_stays_fixed_then_joins_the_schedule():
         plain_sched.step()
     assert not torch.equal(model.clip.token_embedding.weight, before["clip.token_embedding.weight"])
 
+class _Wrapped(torch.nn.Module):
+    """Stands in for DistributedDataParallel: the core model sits in ``.module``."""
+
+    def __init__(self, core):
+        super().__init__()
+        self.module = core
+
+    def forward(self, *args):
+        return self.module(*args)
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["single", "ddp-like"])
+def test_held_text_tower_gets_no_gradient_and_fresh_adam_state_at_release(tmp_path, wrapped):
+    from clip4clip.engine.trainer import TrainOptions, TrainParts, Trainer
+    torch.manual_seed(0)
+    model = _model("seqTransf")
+    text = text_tower_names(model)
+    opt = build_optimizer(model, lr=1e-2, coef_lr=1.0, weight_decay=0.1, pretrained=set(), hold_text_steps=2)
+    sched = build_scheduler(opt, total_steps=10, warmup_proportion=0.0, release_ramp_steps=4)
+    run_model = _Wrapped(model) if wrapped else model
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    trainer = Trainer(TrainParts(run_model, opt, sched, scaler, None, None), TrainOptions(epochs=1),
+                      device=torch.device("cpu"), out_dir=tmp_path, config={}, extra_state={})
+    params = dict(model.named_parameters())
+    batch = {"input_ids": torch.randint(1, 20, (4, 8)), "attention_mask": torch.ones(4, 8, dtype=torch.long),
+             "video": torch.randn(4, 3, 3, 16, 16), "video_mask": torch.ones(4, 3, dtype=torch.long)}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    for step in range(2):  # held: no gradient, no optimiser state, weights unchanged
+        trainer.train_step(batch)
+        trainer.state.step += 1
+        for n in text:
+            assert params[n].grad is None and params[n] not in opt.state, (step, n)
+            assert torch.equal(params[n], before[n]), n
+            # Under DDP the set of parameters requiring grad must stay as it was wrapped.
+            assert params[n].requires_grad == wrapped, n
+    assert not torch.equal(params["clip.visual.conv1.weight"], before["clip.visual.conv1.weight"])
+    trainer.train_step(batch)  # released: the text tower learns, its AdamW state starts at step 1
+    emb = params["clip.token_embedding.weight"]
+    assert emb.requires_grad and emb.grad is not None and not torch.equal(emb, before["clip.token_embedding.weight"])
+    assert float(opt.state[emb]["step"]) == 1.0
+
+
+def test_released_text_tower_ramps_up_to_the_common_schedule():
+    from clip4clip.engine.optim import held_groups
+    model = _model("seqTransf")
+    opt = build_optimizer(model, lr=1.0, coef_lr=1.0, weight_decay=0.0, pretrained=set(), hold_text_steps=3)
+    sched = build_scheduler(opt, total_steps=20, warmup_proportion=0.0, release_ramp_steps=4)
+    text = next(g for g in opt.param_groups if g.get("hold_steps"))
+    other = next(g for g in opt.param_groups if not g.get("hold_steps"))
+    seen = []
+    for step in range(9):
+        assert (text in held_groups(opt, step)) == (step < 3)
+        seen.append(text["lr"] / other["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0, 0, 0, 0.25, 0.5, 0.75, 1, 1, 1])
+
+
 def test_warmup_then_cosine_schedule():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = build_scheduler(opt, total_steps=100, warmup_proportion=0.1)
@@ -143,3 +201,29 @@ def test_warmup_then_cosine_schedule():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
+
+
+def test_weight_ema_follows_early_then_averages_and_restores_raw_weights():
+    from clip4clip.engine.ema import WeightEMA
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = WeightEMA(model, decay=0.5)
+    values = [1.0, 2.0, 3.0]
+    expected = 0.0
+    for n, v in enumerate(values):
+        with torch.no_grad():
+            model.weight.fill_(v)
+        ema.update(model)
+        d = min(0.5, (1 + n) / (10 + n))  # 0.1, then 0.18..., capped at the decay
+        expected = d * expected + (1 - d) * v
+    assert float(ema.weights["weight"][0, 0]) == pytest.approx(expected)
+    with ema.applied(model):
+        assert float(model.weight.detach()[0, 0]) == pytest.approx(expected)
+    assert float(model.weight.detach()[0, 0]) == 3.0  # the raw weights are back after the block
+    state = ema.state_dict()
+    other = WeightEMA(torch.nn.Linear(2, 1), decay=0.5)
+    other.load_state_dict(state)
+    assert other.updates == 3 and torch.equal(other.weights["weight"], ema.weights["weight"])
+    with pytest.raises(ValueError, match="ema_decay=1.0"):
+        WeightEMA(model, decay=1.0)

@@ -128,8 +128,9 @@ def test_frameweight_run_logs_frame_weight_histogram(tmp_path, synth_root):
     assert "val/frame_weights" in events.Tags()["histograms"]
 
 
-def test_interrupted_then_resumed_run_ends_with_identical_weights(tmp_path, synth_root, monkeypatch):
-    extra = ["trainer.checkpoint_every_steps=1", "trainer.tensorboard=false"]
+@pytest.mark.parametrize("ema", [False, True], ids=["plain", "ema"])
+def test_interrupted_then_resumed_run_ends_with_identical_weights(tmp_path, synth_root, monkeypatch, ema):
+    extra = ["trainer.checkpoint_every_steps=1", "trainer.tensorboard=false"] + (["trainer.ema_decay=0.9"] if ema else [])
     full_out = tmp_path / "full"
     run_training(compose_cfg("train", tiny_train_overrides(full_out, synth_root, extra)))
     full = load_checkpoint(full_out / "checkpoints" / "last.pt")
@@ -158,6 +159,39 @@ def test_interrupted_then_resumed_run_ends_with_identical_weights(tmp_path, synt
     for k, v in full["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
     assert resumed["optimizer"]["state"].keys() == full["optimizer"]["state"].keys()
+    assert ("ema" in full) == ema
+    if ema:  # the weight average continues where it stopped, not from the resumed weights
+        assert int(resumed["ema"]["updates"]) == int(full["ema"]["updates"]) == full["state"]["step"]
+        for k, v in full["ema"]["weights"].items():
+            assert torch.equal(v, resumed["ema"]["weights"][k]), k
+
+
+def test_weight_average_is_what_is_validated_kept_as_best_and_tested(tmp_path, synth_root):
+    out = tmp_path / "ema"
+    metrics, objs = run_training(compose_cfg("train", tiny_train_overrides(
+        out, synth_root, ["trainer.ema_decay=0.9", "trainer.epochs=1", "trainer.tensorboard=false"])))
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    best = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert best["state"]["epoch"] == 1 and "ema" not in best
+    differs = [k for k, v in last["model"].items() if not torch.equal(v, last["ema"]["weights"][k])]
+    assert differs, "the average equals the raw weights: it was never averaged"
+    for k, v in last["ema"]["weights"].items():
+        assert torch.equal(best["model"][k], v), k
+    # The final test ran on the averaged weights: evaluating best.pt again gives the same numbers.
+    again, _ = run_evaluation(compose_cfg("evaluate", [f"checkpoint={out / 'checkpoints' / 'best.pt'}",
+                                                        f"paths.output_dir={tmp_path / 'eval'}", "trainer.progress=false"]))
+    for k in ("R1", "R5", "R10", "MdR", "MnR"):
+        assert again["metrics"]["t2v"][k] == pytest.approx(metrics["test"]["t2v"][k]), k
+
+
+def test_weight_average_decay_is_checked_and_resume_across_ema_settings_is_refused(tmp_path, synth_root):
+    with pytest.raises(ValueError, match="trainer.ema_decay=1.5"):
+        run_training(compose_cfg("train", tiny_train_overrides(tmp_path / "bad", synth_root, ["trainer.ema_decay=1.5"])))
+    out = tmp_path / "plain"
+    run_training(compose_cfg("train", tiny_train_overrides(out, synth_root, ["trainer.epochs=1", "trainer.tensorboard=false"])))
+    with pytest.raises(ValueError, match="no weight average"):
+        run_training(compose_cfg("train", tiny_train_overrides(out, synth_root, [
+            "trainer.epochs=2", "trainer.tensorboard=false", "trainer.ema_decay=0.9", f"trainer.resume={out}"])))
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, synth_root, monkeypatch):

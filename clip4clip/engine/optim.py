@@ -94,20 +94,32 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.0):
     return fn
 
 
-def held(fn, hold_steps: int):
-    """``fn`` with the multiplier forced to 0 for the first ``hold_steps`` steps."""
+def held(fn, hold_steps: int, ramp_steps: int = 0):
+    """``fn`` with the multiplier forced to 0 for the first ``hold_steps`` steps, then (``ramp_steps``
+    > 0) scaled by a linear ramp 1/ramp .. 1 over the next ``ramp_steps`` steps."""
     def wrapped(step: int) -> float:
-        return 0.0 if step < hold_steps else fn(step)
+        if step < hold_steps:
+            return 0.0
+        if ramp_steps > 0 and step < hold_steps + ramp_steps:
+            return fn(step) * (step - hold_steps + 1) / ramp_steps
+        return fn(step)
     return wrapped
 
 
+def held_groups(optimizer: torch.optim.Optimizer, step: int) -> List[dict]:
+    """The parameter groups still held at ``step`` (``hold_steps`` > step)."""
+    return [g for g in optimizer.param_groups if int(g.get("hold_steps", 0)) > step]
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_proportion: float = 0.1,
-                    min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+                    min_ratio: float = 0.0, release_ramp_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
     """Warmup-cosine for every group; groups with ``hold_steps`` (the held text tower) stay at 0
-    until then and rejoin the common schedule where it is at that step (no second warmup)."""
+    until then and rejoin the common schedule where it is at that step, through a linear ramp of
+    ``release_ramp_steps`` steps (0: at once)."""
     warmup = int(round(total_steps * warmup_proportion))
     fn = warmup_cosine(total_steps, warmup, min_ratio)
     holds = [int(g.get("hold_steps", 0)) for g in optimizer.param_groups]
     if not any(holds):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, [held(fn, h) if h else fn for h in holds])
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [held(fn, h, int(release_ramp_steps)) if h else fn for h in holds])

@@ -45,7 +45,7 @@ _COUNTS = (("trainer", "epochs", 1, False), ("trainer", "batch_size", 1, False),
            ("trainer", "eval_every", 1, True), ("trainer", "checkpoint_every_steps", 0, True),
            ("trainer", "loss_chunk_size", 0, True), ("trainer", "shuffle_block", 1, True),
            ("trainer", "vis_queries", 0, True), ("trainer", "threads", 1, True),
-           ("optim", "hold_text_steps", 0, True), ("model", "max_words", 3, False),
+           ("optim", "hold_text_steps", 0, True), ("optim", "hold_text_ramp_steps", 0, True), ("model", "max_words", 3, False),
            ("dataset", "max_frames", 1, True))
 
 
@@ -187,7 +187,8 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
                                 hold_text_steps=int(opt.get("hold_text_steps", 0) or 0))
     total_steps = int(tr["epochs"]) * len(train_loader)
     scheduler = build_scheduler(optimizer, total_steps, float(opt["warmup_proportion"]),
-                                float(opt.get("min_lr_ratio", 0.0)))
+                                float(opt.get("min_lr_ratio", 0.0)),
+                                release_ramp_steps=int(opt.get("hold_text_ramp_steps", 0) or 0))
     scaler = grad_scaler(device, precision)
     compile_backend = tr.get("compile")
     if compile_backend:  # in place: parameter names (and so checkpoints) stay as they are

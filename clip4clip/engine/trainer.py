@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -22,6 +23,8 @@ from .checkpoint import BEST_PENDING, FORMAT, atomic_save, promote_best, rng_sta
 from .evaluation_sharded import evaluate_distributed
 from .distributed import DistInfo, all_ranks_true, gather_objects
 from .evaluation import similarity_matrix
+from .ema import WeightEMA
+from .optim import held_groups
 from .step import ContrastiveStep, batch_to_device
 from .tensorboard import Logger, frame_strip, retrieval_grid
 
@@ -83,6 +86,7 @@ class TrainOptions:
     vis_queries: int = 4
     loss_chunk_size: int = 0
     progress: bool = True
+    ema_decay: float = 0.0
 
     @classmethod
     def from_config(cls, config: dict, precision: str, progress: bool) -> "TrainOptions":
@@ -91,7 +95,7 @@ class TrainOptions:
                    log_every=int(tr["log_every"]), checkpoint_every_steps=int(tr.get("checkpoint_every_steps") or 0),
                    monitor=tr.get("monitor", "t2v/R1"), eval_every=int(tr.get("eval_every") or 1),
                    vis_queries=int(tr.get("vis_queries", 4)), loss_chunk_size=int(tr.get("loss_chunk_size") or 0),
-                   progress=progress)
+                   progress=progress, ema_decay=float(tr.get("ema_decay") or 0.0))
 
 
 class Trainer:
@@ -122,6 +126,12 @@ class Trainer:
                                        options.loss_chunk_size)
         self.skipped_videos = 0     # unreadable training videos dropped by the collate (this rank)
         self.state = TrainState()
+        #: Average of the weights (``trainer.ema_decay``): what validation, best.pt and the test use.
+        self.ema = WeightEMA(self.model_core(), options.ema_decay) if options.ema_decay else None
+
+    def averaged(self):
+        """Inside: the model holds the weights that are validated and saved as best (the EMA when on)."""
+        return self.ema.applied(self.model_core()) if self.ema is not None else nullcontext()
 
     # ------------------------------------------------------------------ checkpoints
     def model_weights(self) -> dict:
@@ -150,6 +160,7 @@ class Trainer:
             "rng": rng_state(),
             "state": asdict(self.state),
             "config": self.config,
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             **self.extra_state,
         }
 
@@ -177,7 +188,8 @@ class Trainer:
             return
         pending = self.ckpt_dir / BEST_PENDING
         if improved:
-            atomic_save(self.eval_checkpoint(), pending)
+            with self.averaged():  # written inside: the state dict holds views of the live weights
+                atomic_save(self.eval_checkpoint(), pending)
         self.save("last")
         if improved:
             promote_best(self.ckpt_dir)
@@ -189,6 +201,11 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.state = TrainState(**ckpt["state"])
+        if self.ema is not None:
+            if "ema" not in ckpt:
+                raise ValueError("trainer.ema_decay is set but the checkpoint to resume has no weight average "
+                                 "(it was trained without one); resume with trainer.ema_decay=0")
+            self.ema.load_state_dict(ckpt["ema"])
 
     # ------------------------------------------------------------------ steps
     def _check_finite(self, loss: torch.Tensor) -> None:
@@ -201,11 +218,32 @@ class Trainer:
                 f"(step {self.state.step_in_epoch} of the epoch); stopping. The last good checkpoint "
                 f"is {last if last.exists() else 'not written yet'}. Lower optim.lr or check the data.")
 
+    def _hold(self) -> list:
+        """The parameters of groups still held at this step (``optim.hold_text_steps``).
+
+        A held tower gets no gradient at all, not merely a learning rate of 0: its backward is
+        skipped (the demo's held phase runs ~10% faster), its gradients do not take a share of
+        the clipping norm away from the tower that is learning, and AdamW starts its moments
+        fresh at the release instead of carrying statistics of weights that never moved. Under
+        DDP the set of parameters that require grad must not change after wrapping, so there the
+        gradients are computed and dropped after the backward: the update is the same."""
+        held = [p for g in held_groups(self.optimizer, self.state.step) for p in g["params"]]
+        if self.model is self.model_core():  # not DDP-wrapped
+            held_ids = {id(p) for p in held}
+            for g in self.optimizer.param_groups:
+                if g.get("hold_steps"):
+                    for p in g["params"]:
+                        p.requires_grad_(id(p) not in held_ids)
+        return held
+
     def train_step(self, batch: dict) -> Dict[str, float]:
         batch = batch_to_device(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
+        held = self._hold()
         # Forward + backward of the global-batch loss (DDP all-reduces the gradients in there).
         loss = self.step_fn(batch, check=self._check_finite)
+        for p in held:
+            p.grad = None  # only reached under DDP: elsewhere held parameters have no gradient
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = self.grad_clip if self.grad_clip and self.grad_clip > 0 else float("inf")
@@ -215,6 +253,8 @@ class Trainer:
         self.scheduler.step()
         with torch.no_grad():  # CLIP clamps the learned temperature so logits stay <= 100
             self.model_core().clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        if self.ema is not None:
+            self.ema.update(self.model_core())
         return {"loss": loss.item(), "grad_norm": float(grad_norm)}
 
     def model_core(self):
@@ -298,16 +338,17 @@ class Trainer:
     def validate(self, epoch: int) -> Optional[dict]:
         if self.val_dataset is None:
             return None
-        # Every rank encodes its share; the metrics arrive on all ranks, the embeddings on rank 0.
-        metrics, enc = evaluate_distributed(self.model_core(), self.val_dataset, self.dist, device=self.device,
-                                            precision=self.precision, progress=self.progress and self.is_main,
-                                            desc="validate", **self.eval_options)
-        self.logger.metrics(metrics, self.state.step, prefix="val")
-        if enc is None:
-            return metrics
-        if enc.frame_weights is not None:
-            self.logger.histogram("val/frame_weights", enc.frame_weights[enc.frame_weights > 0], self.state.step)
-        self._log_retrievals(enc, epoch)
+        with self.averaged():
+            # Every rank encodes its share; the metrics arrive on all ranks, the embeddings on rank 0.
+            metrics, enc = evaluate_distributed(self.model_core(), self.val_dataset, self.dist, device=self.device,
+                                                precision=self.precision, progress=self.progress and self.is_main,
+                                                desc="validate", **self.eval_options)
+            self.logger.metrics(metrics, self.state.step, prefix="val")
+            if enc is None:
+                return metrics
+            if enc.frame_weights is not None:
+                self.logger.histogram("val/frame_weights", enc.frame_weights[enc.frame_weights > 0], self.state.step)
+            self._log_retrievals(enc, epoch)
         return metrics
 
     def _log_retrievals(self, enc, epoch: int) -> None:
@@ -340,6 +381,16 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train from ``self.state`` to ``self.epochs``; returns the state as a dict."""
+        try:
+            self._fit()
+        finally:  # a run that ends inside the hold leaves no parameter frozen behind it
+            for g in self.optimizer.param_groups:
+                if g.get("hold_steps"):
+                    for p in g["params"]:
+                        p.requires_grad_(True)
+        return asdict(self.state)
+
+    def _fit(self) -> None:
         for epoch in range(self.state.epoch, self.epochs):
             t0 = time.perf_counter()
             train_stats = self.train_epoch(epoch)
@@ -367,4 +418,3 @@ class Trainer:
             self.save_epoch_end(improved)
             self.logger.scalars({"train/epoch_loss": train_stats["loss"]}, self.state.step)
             self.logger.flush()
-        return asdict(self.state)
