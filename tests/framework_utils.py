@@ -26,4 +26,7 @@ def tiny_train_overrides(out_dir, data_root, extra=()):
     return ["+experiment=demo", *TINY_MODEL, *SMALL_SYNTHETIC,
             f"dataset.root={data_root}", f"paths.output_dir={out_dir}", "trainer.epochs=2",
             "trainer.batch_size=16", "trainer.eval_batch_size=8", "trainer.progress=false",
-            "trainer.log_every=1", "trainer.threads=1", *extra]
+            "trainer.log_every=1", "trainer.threads=1",
+            # The demo's 500-step text hold would outlast these 6-step runs: hold 2 steps, so a
+            # run goes through the hold and the release and validates both epochs.
+            "optim.hold_text_steps=2", *extra]

@@ -367,3 +367,18 @@ def test_evaluation_refuses_missing_videos_unless_allowed_and_then_reports_them(
         result, _ = run_evaluation(compose_cfg("evaluate", [*common, "dataset.allow_missing=true",
                                                             f"paths.output_dir={tmp_path / 'b'}"]))
     assert result["missing_videos"] == [victim] and result["num_texts"] == 15
+
+
+def test_no_validation_while_the_text_tower_is_held_but_always_at_the_end(tmp_path, synth_root, capsys):
+    # The tiny run has 6 steps in 2 epochs: a hold of 4 steps covers epoch 1 only.
+    metrics, _ = run_training(compose_cfg("train", tiny_train_overrides(
+        tmp_path / "held", synth_root, ["optim.hold_text_steps=4", "trainer.tensorboard=false"])))
+    assert ["val" in h for h in metrics["history"]] == [False, True]
+    assert "validation starts once the text tower is released at step 4" in capsys.readouterr().out
+    # Held for the whole run: the last epoch is still scored and kept as best.
+    metrics, _ = run_training(compose_cfg("train", tiny_train_overrides(
+        tmp_path / "all", synth_root, ["optim.hold_text_steps=100", "trainer.tensorboard=false"])))
+    assert ["val" in h for h in metrics["history"]] == [False, True] and metrics["best_epoch"] == 2
+    metrics, _ = run_training(compose_cfg("train", tiny_train_overrides(
+        tmp_path / "free", synth_root, ["optim.hold_text_steps=0", "trainer.tensorboard=false"])))
+    assert ["val" in h for h in metrics["history"]] == [True, True]

@@ -399,8 +399,17 @@ class Trainer:
             record = {"epoch": epoch + 1, "step": self.state.step, "train_loss": train_stats["loss"],
                       "epoch_time_s": time.perf_counter() - t0, **self._data_report(epoch)}
             metrics = None
-            if (epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs:
+            last = epoch + 1 == self.epochs
+            # While a tower is held (random and fixed) the validation score picks no checkpoint
+            # worth keeping; skipping it saves the demo ~10 s. The last epoch is always scored.
+            held = bool(held_groups(self.optimizer, self.state.step))
+            if last or ((epoch + 1) % self.eval_every == 0 and not held):
                 metrics = self.validate(epoch)
+            elif self.is_main:
+                why = (f"; validation starts once the text tower is released at step "
+                       f"{max(int(g.get('hold_steps', 0)) for g in self.optimizer.param_groups)}" if held else "")
+                print(f"epoch {epoch + 1}/{self.epochs}  train loss {train_stats['loss']:.4f}  "
+                      f"({record['epoch_time_s']:.1f}s){why}", flush=True)
             if metrics is not None:
                 record["val"] = metrics
                 score = monitor_value(metrics, self.monitor)
