@@ -3,7 +3,7 @@
 ``ensure_synthetic_dataset()`` returns a folder laid out exactly like MSR-VTT as distributed for
 CLIP4Clip, so the real loading path (``MSRVTTDataset``) runs on it::
 
-    videos/video<N>.mp4          N = 0.. over train, then val, then test (mp4v, 64x64, 4 fps, 8 s)
+    videos/video<N>.mp4          N = 0.. over train, then val, then test (mp4v, 64x64, 2 fps, 8 s)
     MSRVTT_data.json             {"videos": [...], "sentences": [...]} (every caption)
     MSRVTT_train.9k.csv          video_id            (all train videos)
     MSRVTT_train.7k.csv          video_id            (the first 78% of train videos)
@@ -59,7 +59,7 @@ from .synthetic_render import (
 __all__ = ["GENERATOR_VERSION", "SyntheticConfig", "default_synthetic_root", "ensure_synthetic_dataset"]
 
 #: Bump when rendering or layout changes, so cached datasets are regenerated.
-GENERATOR_VERSION = 6
+GENERATOR_VERSION = 7
 MARKER = "COMPLETE"
 _SPLIT_CODES = {"train": 0, "validate": 1, "test": 2}
 
@@ -86,7 +86,7 @@ class SyntheticConfig:
 
     seed: int = 0
     frame_size: int = 64
-    video_fps: int = 4
+    video_fps: int = 2
     seconds: int = 8
     num_train: int = 3000
     num_val: int = 250
