@@ -214,11 +214,11 @@ def test_weight_ema_follows_early_then_averages_and_restores_raw_weights():
     for n, v in enumerate(values):
         with torch.no_grad():
             model.weight.fill_(v)
-        ema.update(model)
+        ema.update()
         d = min(0.5, (1 + n) / (10 + n))  # 0.1, then 0.18..., capped at the decay
         expected = d * expected + (1 - d) * v
     assert float(ema.weights["weight"][0, 0]) == pytest.approx(expected)
-    with ema.applied(model):
+    with ema.applied():
         assert float(model.weight.detach()[0, 0]) == pytest.approx(expected)
     assert float(model.weight.detach()[0, 0]) == 3.0  # the raw weights are back after the block
     state = ema.state_dict()

@@ -29,44 +29,40 @@ class WeightEMA:
             raise ValueError(f"trainer.ema_decay={decay}; expected a number in (0, 1), e.g. 0.99, or 0 for off")
         self.decay = float(decay)
         self.updates = 0
-        self._names = [n for n, p in model.named_parameters() if p.is_floating_point()]
-        self.weights: Dict[str, torch.Tensor] = {n: p.detach().clone() for n, p in model.named_parameters()
-                                                 if p.is_floating_point()}
-
-    def _params(self, model: nn.Module) -> list:
-        params = dict(model.named_parameters())
-        return [params[n] for n in self._names]
+        # The live parameters, held once: loading a checkpoint copies into these same tensors.
+        named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+        self._live = [p for _, p in named]
+        self.weights: Dict[str, torch.Tensor] = {n: p.detach().clone() for n, p in named}
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self) -> None:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_([self.weights[n] for n in self._names], [p.detach() for p in self._params(model)], 1.0 - d)
+        torch._foreach_lerp_(list(self.weights.values()), self._live, 1.0 - d)
         self.updates += 1
 
     @contextmanager
     @torch.no_grad()
-    def applied(self, model: nn.Module) -> Iterator[None]:
+    def applied(self) -> Iterator[None]:
         """The averaged weights inside the block, the raw ones restored after it."""
-        params = self._params(model)
-        raw = [p.detach().clone() for p in params]
-        for p, n in zip(params, self._names):
-            p.copy_(self.weights[n])
+        raw = [p.detach().clone() for p in self._live]
+        for p, avg in zip(self._live, self.weights.values()):
+            p.copy_(avg)
         try:
             yield
         finally:
-            for p, r in zip(params, raw):
+            for p, r in zip(self._live, raw):
                 p.copy_(r)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": torch.tensor(self.updates), "weights": dict(self.weights)}
 
     def load_state_dict(self, state: dict) -> None:
-        missing = sorted(set(self._names) - set(state["weights"]))
+        missing = sorted(set(self.weights) - set(state["weights"]))
         if missing:
             raise ValueError(f"the checkpoint's weight average lacks {missing[:3]}{' ...' if len(missing) > 3 else ''}")
         self.updates = int(state["updates"])
-        for n in self._names:
-            self.weights[n].copy_(state["weights"][n])
+        for n, avg in self.weights.items():
+            avg.copy_(state["weights"][n])
 
 
 __all__ = ["WeightEMA"]

@@ -128,10 +128,11 @@ class Trainer:
         self.state = TrainState()
         #: Average of the weights (``trainer.ema_decay``): what validation, best.pt and the test use.
         self.ema = WeightEMA(self.model_core(), options.ema_decay) if options.ema_decay else None
+        self._frozen_groups: Optional[set] = None  # ids of the groups whose parameters are frozen now
 
     def averaged(self):
         """Inside: the model holds the weights that are validated and saved as best (the EMA when on)."""
-        return self.ema.applied(self.model_core()) if self.ema is not None else nullcontext()
+        return self.ema.applied() if self.ema is not None else nullcontext()
 
     # ------------------------------------------------------------------ checkpoints
     def model_weights(self) -> dict:
@@ -227,14 +228,16 @@ class Trainer:
         fresh at the release instead of carrying statistics of weights that never moved. Under
         DDP the set of parameters that require grad must not change after wrapping, so there the
         gradients are computed and dropped after the backward: the update is the same."""
-        held = [p for g in held_groups(self.optimizer, self.state.step) for p in g["params"]]
-        if self.model is self.model_core():  # not DDP-wrapped
-            held_ids = {id(p) for p in held}
-            for g in self.optimizer.param_groups:
-                if g.get("hold_steps"):
-                    for p in g["params"]:
-                        p.requires_grad_(id(p) not in held_ids)
-        return held
+        groups = held_groups(self.optimizer, self.state.step)
+        if self.model is self.model_core():  # not DDP-wrapped; flags change only at a release
+            frozen = {id(g) for g in groups}
+            if frozen != self._frozen_groups:
+                for g in self.optimizer.param_groups:
+                    if g.get("hold_steps"):
+                        for p in g["params"]:
+                            p.requires_grad_(id(g) not in frozen)
+                self._frozen_groups = frozen
+        return [p for g in groups for p in g["params"]]
 
     def train_step(self, batch: dict) -> Dict[str, float]:
         batch = batch_to_device(batch, self.device)
@@ -254,7 +257,7 @@ class Trainer:
         with torch.no_grad():  # CLIP clamps the learned temperature so logits stay <= 100
             self.model_core().clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         if self.ema is not None:
-            self.ema.update(self.model_core())
+            self.ema.update()
         return {"loss": loss.item(), "grad_norm": float(grad_norm)}
 
     def model_core(self):
@@ -388,6 +391,7 @@ class Trainer:
                 if g.get("hold_steps"):
                     for p in g["params"]:
                         p.requires_grad_(True)
+            self._frozen_groups = None
         return asdict(self.state)
 
     def _fit(self) -> None:
