@@ -169,17 +169,20 @@ class _Tokenizer:
         for i, text in enumerate(texts):
             _check_str(text, f"texts[{i}]")
 
-        input_ids = torch.zeros(len(texts), max_words, dtype=torch.long)
-        attention_mask = torch.zeros(len(texts), max_words, dtype=torch.long)
-        lengths = torch.zeros(len(texts), dtype=torch.long)
         budget = max_words - 2
-        for row, text in enumerate(texts):
+        rows, masks, counts = [], [], []
+        for text in texts:
             # One token past the budget tells whether anything was cut, at no extra cost.
             ids = self._encode(text, budget + 1)
-            lengths[row] = min(len(ids), budget + 1)
+            counts.append(min(len(ids), budget + 1))
             tokens = [self.sot_token_id] + ids[:budget] + [self.eot_token_id]
-            input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            attention_mask[row, : len(tokens)] = 1
+            pad = max_words - len(tokens)
+            rows.append(tokens + [self.pad_token_id] * pad)
+            masks.append([1] * len(tokens) + [0] * pad)
+        # Python lists, then one tensor each: per-row tensor writes cost more than the encoding.
+        input_ids = torch.tensor(rows, dtype=torch.long).view(len(texts), max_words)
+        attention_mask = torch.tensor(masks, dtype=torch.long).view(len(texts), max_words)
+        lengths = torch.tensor(counts, dtype=torch.long)
         return (input_ids, attention_mask, lengths) if return_lengths else (input_ids, attention_mask)
 
     def _strip_special(self, ids: list[int]) -> list[int]:

@@ -14,6 +14,7 @@ Only worth it when the split fits in a memory budget (the tiny synthetic dataset
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
@@ -120,7 +121,15 @@ class FrameCache:
     def get(self, video_id: str) -> np.ndarray:
         """uint8 [T, H, W, 3] frames of ``video_id`` (a read-only view into the shared store)."""
         offset, shape = self._index[video_id]
-        n = int(np.prod(shape))
-        view = self._data[offset : offset + n].numpy().reshape(shape)
-        view.flags.writeable = False
-        return view
+        flat = self.__dict__.get("_flat")
+        if flat is None:  # one numpy view of the store per process: slicing it is cheaper than the tensor
+            flat = self._flat = self._data.numpy()
+            flat.flags.writeable = False
+        return flat[offset : offset + math.prod(shape)].reshape(shape)
+
+    def __getstate__(self) -> dict:
+        # The numpy view must not travel to worker processes (it would be pickled as a copy):
+        # the shared tensor does, through torch's shared-memory pickling, and the view is remade.
+        state = dict(self.__dict__)
+        state.pop("_flat", None)
+        return state

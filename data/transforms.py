@@ -138,7 +138,12 @@ def pack_clip(frames: np.ndarray, max_frames: int, size: int, normalize: bool = 
     Returns (video [max_frames, 3, S, S]: CLIP-normalised float32, or uint8 with
     ``normalize=False``, zero after the real frames; video_mask int64 [max_frames], 1 = real).
     """
-    kept = clip_resize_crop(np.ascontiguousarray(frames), size)[:max_frames]  # uint8 [T, S, S, 3]
+    frames = frames[:max_frames]  # cut first: frames past max_frames are never resized
+    if isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4 \
+            and frames.shape[1:] == (size, size, 3):
+        kept = frames  # already model-size (the in-memory cache stores them so): resizing is the identity
+    else:
+        kept = clip_resize_crop(np.ascontiguousarray(frames), size)  # uint8 [T, S, S, 3]
     if order is not None:
         kept = kept[order]
     t = len(kept)
@@ -150,6 +155,6 @@ def pack_clip(frames: np.ndarray, max_frames: int, size: int, normalize: bool = 
         normalize_uint8_numpy(chw, out=video[:t])
     else:
         video[:t] = chw
-    mask = torch.zeros(max_frames, dtype=torch.int64)
+    mask = np.zeros(max_frames, dtype=np.int64)
     mask[:t] = 1
-    return torch.from_numpy(video), mask
+    return torch.from_numpy(video), torch.from_numpy(mask)

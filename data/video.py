@@ -405,22 +405,17 @@ class SampledVideo:
         return self.indices.astype(np.float64) / self.video_fps
 
 
-def _decode_with_seeks(cap: cv2.VideoCapture, spath: str, idx: np.ndarray, count: int) -> dict | None:
-    """Decode ``idx`` seeking past long stretches where that is provably exact and cheaper (see
-    ``data.seeking``); None when it is not (the caller then decodes sequentially with a fresh
-    capture, so ``cap`` may have been moved)."""
+def _seek_plan(spath: str, idx: np.ndarray, count: int) -> list[bool] | None:
+    """Where to seek when decoding ``idx`` (see ``data.seeking``): a plan when seeking past long
+    stretches is provably exact and cheaper, else None (decode sequentially). Reads the packet
+    headers with its own capture, so the caller's capture stays at frame 0."""
     if not seeking.worth_scanning(idx):
         return None
     scan = seeking.scan_packets(spath)
     if scan is None or scan.num_frames != count:
         return None
     plan = seeking.plan_seeks(idx, scan.keyframes)
-    if not any(plan):
-        return None
-    try:
-        return seeking.decode_planned(cap, idx, plan)
-    except seeking.SeekMismatch:
-        return None
+    return plan if any(plan) else None
 
 
 def open_video(path: str | os.PathLike) -> tuple[cv2.VideoCapture, float, int | None, str]:
@@ -476,12 +471,18 @@ def sample_video(
             if count == 0:
                 raise VideoReadError(spath, "no decodable frames")
         idx = sample_frame_indices(count, video_fps, fps, max_frames, slice_framepos, rule=rule)
-        frames = _decode_with_seeks(cap, spath, idx, count)
+        frames = None
+        plan = _seek_plan(spath, idx, count)
+        if plan is not None:
+            try:
+                frames = seeking.decode_planned(cap, idx, plan)
+            except seeking.SeekMismatch:
+                cap.release()
+                cap = _open_checked(spath)  # the attempt moved it: start again from frame 0
         if frames is not None:
             decoded = None  # the packet scan counted the frames: the metadata is confirmed
         else:
-            cap.release()
-            cap = _open_checked(spath)
+            # (Short clips never scan, and reuse the capture opened above: one open per video.)
             # The selection depends on the total count unless it is ``head`` and already full;
             # only then is checking that the file really ends at ``count`` skipped (checking can
             # cost a decode of the rest of the file; for uniform/tail under one sampling interval).

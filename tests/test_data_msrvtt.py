@@ -3,6 +3,7 @@
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -130,6 +131,20 @@ def test_frame_cache_equals_decoding_and_works_with_workers(root):
     torch.testing.assert_close(got, torch.stack([plain[i]["video"] for i in range(len(plain))]))
     with pytest.raises(MemoryError, match="budget"):
         MSRVTTDataset(root, "val", image_size=S, cache_frames=True, cache_budget_bytes=100_000, progress=False)
+
+
+def test_frame_cache_pickles_without_its_numpy_view(root):
+    import pickle
+    cached = MSRVTTDataset(root, "val", image_size=S, cache_frames=True, progress=False)
+    store = cached._ram
+    vid = cached.video_order[3]
+    frames = store.get(vid)  # makes the per-process numpy view
+    assert not frames.flags.writeable  # a view into the shared store: nobody may write to it
+    state = store.__getstate__()
+    assert "_flat" not in state and state["_data"] is store._data
+    again = pickle.loads(pickle.dumps(store))  # what a spawned DataLoader worker receives
+    for v in cached.video_order:
+        np.testing.assert_array_equal(again.get(v), store.get(v))
 
 
 # ---- missing and broken files ------------------------------------------------------------------

@@ -107,3 +107,33 @@ def test_numpy_normalisation_equals_torch():
     normalize_uint8_numpy(chw, out=out[:3])
     np.testing.assert_array_equal(out[:3], got)
     assert (out[3] == 0).all()
+
+
+@pytest.mark.parametrize("hw", [(40, 50), (32, 32)])  # resized, and already model-size (the fast path)
+@pytest.mark.parametrize("max_frames", [4, 8])
+def test_pack_clip_is_clip_preprocessing_of_the_kept_frames(hw, max_frames):
+    from data.transforms import pack_clip
+    frames = np.random.default_rng(1).integers(0, 256, (6, *hw, 3), dtype=np.uint8)
+    frames.flags.writeable = False  # as the in-memory frame cache hands them out
+    before = frames.copy()
+    t = min(6, max_frames)
+    video, mask = pack_clip(frames, max_frames, 32)
+    assert video.shape == (max_frames, 3, 32, 32) and video.dtype == torch.float32
+    torch.testing.assert_close(video[:t], clip_preprocess(frames[:t], 32), rtol=0, atol=0)
+    assert video[t:].abs().sum() == 0
+    assert mask.dtype == torch.int64 and mask.tolist() == [1] * t + [0] * (max_frames - t)
+    raw, _ = pack_clip(frames, max_frames, 32, normalize=False)
+    assert raw.dtype == torch.uint8
+    np.testing.assert_array_equal(raw[:t].numpy(), clip_resize_crop(frames[:t], 32).transpose(0, 3, 1, 2))
+    order = np.arange(t)[::-1]
+    flipped, _ = pack_clip(frames, max_frames, 32, order=order)
+    torch.testing.assert_close(flipped[:t], video[:t].flip(0), rtol=0, atol=0)
+    np.testing.assert_array_equal(frames, before)  # the input is only read
+
+
+def test_pack_clip_rejects_frames_that_are_not_uint8_rgb():
+    from data.transforms import pack_clip
+    with pytest.raises(ValueError, match="uint8 RGB frames"):
+        pack_clip(np.zeros((2, 32, 32, 3), dtype=np.float32), 4, 32)
+    with pytest.raises(ValueError, match="uint8 RGB frames"):
+        pack_clip(np.zeros((2, 32, 32), dtype=np.uint8), 4, 32)

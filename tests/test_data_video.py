@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 import data.video as video
+from toy_datasets import write_video
+
 from data.video import (
     ASSUMED_FPS,
     VideoMetadataWarning,
@@ -234,3 +236,47 @@ def test_webm_or_other_extension_content_is_probed(clips, tmp_path):
     p = tmp_path / "clip.webm"
     shutil.copy(clips / "arm_wrestling.mp4", p)
     assert read_frames(p)[0].shape[0] == 10
+
+
+def _count_opens(monkeypatch) -> list[str]:
+    opened = []
+    real = video._open_capture
+
+    def counting(path):
+        opened.append(path)
+        return real(path)
+
+    monkeypatch.setattr(video, "_open_capture", counting)
+    return opened
+
+
+def test_a_short_clip_is_opened_once(tmp_path, monkeypatch):
+    # 16 frames at 2 fps, 4 sampled: too close together for a packet scan to pay, so the
+    # capture opened to read the metadata decodes them too (the synthetic data's case).
+    frames = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    path = str(write_video(tmp_path / "short.mp4", frames, 2))
+    truth = decode_all(path)
+    opened = _count_opens(monkeypatch)
+    got, times = read_frames(path, fps=0.5, max_frames=4)
+    assert opened == [path]
+    np.testing.assert_array_equal(times, [0, 2, 4, 6])
+    np.testing.assert_array_equal(got, truth[[0, 4, 8, 12]])
+
+
+def test_a_seek_that_misses_decodes_again_from_frame_zero(clips, monkeypatch):
+    import data.seeking as seeking
+    path = clips / "eye_makeup.avi"
+    truth_frames, truth_times = read_frames(path, max_frames=4)
+
+    def missing(cap, targets, plan):
+        for _ in range(7):  # moves the capture, as a real failed attempt would
+            cap.grab()
+        raise seeking.SeekMismatch("landed elsewhere")
+
+    monkeypatch.setattr(video, "_seek_plan", lambda spath, idx, count: [True] * len(idx))
+    monkeypatch.setattr(seeking, "decode_planned", missing)
+    opened = _count_opens(monkeypatch)
+    frames, times = read_frames(path, max_frames=4)
+    assert len(opened) == 2  # the fallback starts from a fresh capture
+    np.testing.assert_array_equal(times, truth_times)
+    np.testing.assert_array_equal(frames, truth_frames)
