@@ -47,6 +47,14 @@ def test_non_integer_counts_are_refused_naming_the_key(tmp_path, data, key, valu
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
 
 
+@pytest.mark.parametrize("value", ["maybe", "1"])
+def test_a_flag_that_is_not_true_or_false_is_refused_naming_the_key(tmp_path, data, value):
+    with pytest.raises(ValueError, match=f"trainer.keep_freed_memory={value if value == '1' else repr(value)}; expected true or false"):
+        run_training(compose_cfg("train", tiny_train_overrides(tmp_path / "run", data,
+                                                               QUICK + [f"trainer.keep_freed_memory={value}"])))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_integral_float_counts_are_accepted(tmp_path, data):
     metrics, _ = run_training(compose_cfg("train", tiny_train_overrides(tmp_path / "run", data,
                                                                         QUICK + ["trainer.batch_size=16.0"])))

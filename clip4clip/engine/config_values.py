@@ -25,3 +25,10 @@ def positive_number(value: Any, name: str, optional: bool = False) -> Optional[f
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name}={value!r}; expected a positive number{' or null' if optional else ''}")
     return float(value)
+
+
+def flag(value: Any, name: str) -> bool:
+    """``value`` as a bool, refusing strings and numbers (``"false"`` would otherwise be true)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r}; expected true or false")
+    return value

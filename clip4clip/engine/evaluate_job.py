@@ -16,6 +16,8 @@ from ..metrics import format_table
 from .checkpoint import seed_everything
 from data.splits import build_split, dataset_root
 from .evaluation import Postprocess, Querybank, draw_querybank, evaluate_with_postprocessing
+from .config_values import flag
+from .cpu_memory import keep_freed_memory
 from .precision import resolve_device, resolve_precision
 from .train_job import resolve_workers
 from .run_folder import check_output_dir, save_config, write_json
@@ -75,6 +77,8 @@ def run_evaluation(cfg, overrides: Iterable[str] = ()) -> Tuple[Dict[str, Any], 
     tr = config["trainer"]
     seed_everything(int(config.get("seed", 0)))
     device = resolve_device(tr["device"])
+    if flag(tr.get("keep_freed_memory", True), "trainer.keep_freed_memory") and device.type == "cpu":
+        keep_freed_memory()  # freed batches are reused, not faulted in again (same numbers)
     precision = resolve_precision(tr["precision"], device)
     progress = bool(tr.get("progress", True))
     model.to(device)
