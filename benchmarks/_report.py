@@ -54,3 +54,33 @@ def write_result(result: Dict[str, Any], path: os.PathLike) -> Path:
                                        indent=2, default=float) + "\n")
     print(f"written {path}")
     return path
+
+
+def box_speed(seconds: float = 3.0) -> Dict[str, float]:
+    """How fast this box is right now, for comparing wall times taken on different days.
+
+    A fixed CPU workload in the shapes of a demo training step (matmuls and the QuickGELU of a
+    64-wide ViT on 256 frames, on PyTorch's default threads) is repeated for about ``seconds``;
+    returns ms per round (lower = faster) and the threads used. Buffers are reused, so page
+    faults do not enter. The same computation every time: the figure moves only with the box.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4352, 64, generator=g)
+    w1, w2 = torch.randn(64, 256, generator=g) * 0.1, torch.randn(256, 64, generator=g) * 0.1
+    h, s, y = torch.empty(4352, 256), torch.empty(4352, 256), torch.empty(4352, 64)
+
+    def one_round() -> None:
+        for _ in range(8):
+            torch.mm(x, w1, out=h)
+            torch.sigmoid(h, out=s)
+            s.mul_(h)
+            torch.mm(s, w2, out=y)
+
+    one_round()
+    rounds, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        one_round()
+        rounds += 1
+    return {"ms_per_round": round((time.perf_counter() - t0) / rounds * 1e3, 2), "threads": torch.get_num_threads()}

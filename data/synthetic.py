@@ -302,7 +302,9 @@ def _write_text_files(records: list[dict], out: Path, cfg: SyntheticConfig) -> N
     with open(out / "MSRVTT_data.json", "w", encoding="utf-8") as f:
         json.dump({"info": {"synthetic": True, **cfg.params()}, "videos": videos, "sentences": sentences}, f)
     with open(out / "attributes.json", "w", encoding="utf-8") as f:
-        json.dump(attributes, f, indent=1)
+        # One line per clip (readable, diffable) through json's C encoder: indent= would
+        # switch the whole file to the pure-Python one (~1 s for the demo's 3750 clips).
+        f.write("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in attributes.items()) + "\n}\n")
 
     train = [r["video_id"] for r in records if r["split"] == "train"]
     n7k = max(1, int(round(len(train) * cfg.train_7k_fraction)))

@@ -13,7 +13,7 @@ is the same whichever process renders which clip.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import cv2
 import numpy as np
@@ -127,7 +127,9 @@ class ClipSpec:
     height: int
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # The fields hold only str, numbers and tuples of floats: a shallow dict equals
+        # dataclasses.asdict's deep copy, at a fraction of its cost (called per clip).
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def make_clip_spec(
