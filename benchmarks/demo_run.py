@@ -56,9 +56,9 @@ def main() -> int:
         "targets": {"wall_s_max": 300, "t2v_R1_min": 80.0},
         "pass": wall < 300 and t2v["R1"] >= 80.0,
     }
-    print(f"\n{'wall (s)':>10} {'t2v R@1':>8} {'R@5':>6} {'R@10':>6} {'MdR':>5} {'MnR':>6}  pass")
-    print(f"box speed (benchmarks/_report.py box_speed, ms per round, lower = faster): "
+    print(f"\nbox speed (benchmarks/_report.py box_speed, ms per round, lower = faster): "
           f"{speed_before['ms_per_round']} before, {speed_after['ms_per_round']} after")
+    print(f"{'wall (s)':>10} {'t2v R@1':>8} {'R@5':>6} {'R@10':>6} {'MdR':>5} {'MnR':>6}  pass")
     print(f"{wall:10.1f} {t2v['R1']:8.1f} {t2v['R5']:6.1f} {t2v['R10']:6.1f} {t2v['MdR']:5.1f} {t2v['MnR']:6.1f}  {result['pass']}")
     write_result(result, Path(args.out))
     return 0

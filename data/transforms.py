@@ -138,7 +138,8 @@ def pack_clip(frames: np.ndarray, max_frames: int, size: int, normalize: bool = 
     Returns (video [max_frames, 3, S, S]: CLIP-normalised float32, or uint8 with
     ``normalize=False``, zero after the real frames; video_mask int64 [max_frames], 1 = real).
     """
-    frames = frames[:max_frames]  # cut first: frames past max_frames are never resized
+    if isinstance(frames, np.ndarray) and frames.ndim >= 1:
+        frames = frames[:max_frames]  # cut first: frames past max_frames are never resized
     if isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4 \
             and frames.shape[1:] == (size, size, 3):
         kept = frames  # already model-size (the in-memory cache stores them so): resizing is the identity

@@ -137,3 +137,5 @@ def test_pack_clip_rejects_frames_that_are_not_uint8_rgb():
         pack_clip(np.zeros((2, 32, 32, 3), dtype=np.float32), 4, 32)
     with pytest.raises(ValueError, match="uint8 RGB frames"):
         pack_clip(np.zeros((2, 32, 32), dtype=np.uint8), 4, 32)
+    with pytest.raises(ValueError, match="uint8 RGB frames"):
+        pack_clip(None, 4, 32)
