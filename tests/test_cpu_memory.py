@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from clip4clip.engine.cpu_memory import _glibc
+from clip4clip.cpu_memory import _glibc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = r"""
 import resource, sys
 import torch
-from clip4clip.engine.cpu_memory import keep_freed_memory
+from clip4clip.cpu_memory import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 x = torch.ones(256, 17, 256)
 def step():
@@ -46,6 +46,6 @@ def test_freed_activations_are_reused_without_page_faults():
 
 
 def test_a_second_call_does_nothing_and_still_reports_the_state():
-    from clip4clip.engine.cpu_memory import keep_freed_memory
+    from clip4clip.cpu_memory import keep_freed_memory
     first = keep_freed_memory()
     assert keep_freed_memory() == first == (_glibc() is not None)

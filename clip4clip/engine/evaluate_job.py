@@ -17,7 +17,7 @@ from .checkpoint import seed_everything
 from data.splits import build_split, dataset_root
 from .evaluation import Postprocess, Querybank, draw_querybank, evaluate_with_postprocessing
 from .config_values import flag
-from .cpu_memory import keep_freed_memory
+from ..cpu_memory import keep_freed_memory
 from .precision import resolve_device, resolve_precision
 from .train_job import resolve_workers
 from .run_folder import check_output_dir, save_config, write_json

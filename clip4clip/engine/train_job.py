@@ -31,7 +31,7 @@ from .evaluation_sharded import evaluate_distributed_with_postprocessing
 from .evaluation import Postprocess, draw_querybank
 from .distributed import (DistInfo, all_gather_with_grad, barrier, broadcast_object, broadcast_parameters,
                           init_distributed, main_process_first, shutdown, wrap_ddp)
-from .cpu_memory import keep_freed_memory
+from ..cpu_memory import keep_freed_memory
 from .optim import build_optimizer, build_scheduler, pretrained_names
 from .precision import grad_scaler, resolve_device, resolve_precision
 from .sampler import EpochSampler

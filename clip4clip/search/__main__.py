@@ -118,7 +118,7 @@ def _index(args) -> int:
     encoder = Encoder.load(args.checkpoint, fps=args.fps, max_frames=args.max_frames, moment_fps=args.moment_fps,
                            moment_frames=args.moment_frames, device=args.device, bpe_vocab=args.bpe_vocab)
     if encoder.device.type == "cpu":
-        from ..engine.cpu_memory import keep_freed_memory
+        from ..cpu_memory import keep_freed_memory
         keep_freed_memory()  # each batch's freed memory serves the next (no page faults; same embeddings)
     videos = Path(args.videos) if args.videos else _default_library(encoder)
     only = None
