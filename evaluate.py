@@ -5,7 +5,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from clip4clip.errors import user_errors
+from clip4clip.core.errors import user_errors
 
 
 @hydra.main(config_path="configs", config_name="evaluate", version_base="1.3")

@@ -16,13 +16,13 @@ from typing import Any, Tuple
 import hydra
 from omegaconf import DictConfig
 
-from clip4clip.errors import user_errors
+from clip4clip.core.errors import user_errors
 
 
 def settings_from_config(cfg) -> Any:
     """ExtractSettings from the composed extract_frames config."""
     from data import KeyframeParams
-    from data.extract import ExtractSettings
+    from data.frames.extract import ExtractSettings
     workers = cfg.get("workers", "auto")
     workers = min(8, os.cpu_count() or 1) if workers in (None, "auto") else int(workers)
     # The extraction config carries the same keys as a dataset config (keyframes, fps,
@@ -39,14 +39,14 @@ def run_extraction(cfg) -> Tuple[Any, dict]:
     from omegaconf import OmegaConf
 
     from data.splits import dataset_root, dataset_videos, frame_cache_dir
-    from data import default_cache_dir
-    from data.extract import extract_to_cache, videos_in_folder
+    from data import default_frame_cache_dir
+    from data.frames.extract import extract_to_cache, videos_in_folder
     config = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     settings = settings_from_config(config)
     scheme, missing = settings.keyframes.scheme, {}
     if config.get("videos"):
         videos = videos_in_folder(config["videos"])
-        out = config.get("out") or default_cache_dir(Path(config["videos"]).expanduser(), scheme, settings.size)
+        out = config.get("out") or default_frame_cache_dir(Path(config["videos"]).expanduser(), scheme, settings.size)
         what = f"{len(videos)} videos in {config['videos']}"
     else:
         dcfg = config["dataset"]

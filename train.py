@@ -4,7 +4,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from clip4clip.errors import user_errors
+from clip4clip.core.errors import user_errors
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")

@@ -46,7 +46,7 @@ def machine_info(device: Optional[Any] = None, **extra: Any) -> Dict[str, Any]:
 
 def write_result(result: Dict[str, Any], path: os.PathLike) -> Path:
     """``result`` (with the date added) as indented JSON at ``path``, written atomically."""
-    from data.atomic import atomic_write_text
+    from clip4clip.core.atomic import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

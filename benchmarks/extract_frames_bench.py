@@ -9,8 +9,8 @@ how frames are chosen and decoded:
 
 * baseline: ``cap.read()`` of every frame, each converted to RGB and kept, then the 1-fps
   uniform sample (how the official CLIP4Clip extractor and the seed's scripts work);
-* uniform: ``data.keyframes`` uniform: grab/retrieve, and seeks past whole GOPs where the packet
-  scan proves seeking exact (``data.seeking``);
+* uniform: ``data.video.keyframes`` uniform: grab/retrieve, and seeks past whole GOPs where the packet
+  scan proves seeking exact (``data.video.seeking``);
 * maxdiff (step 1 and 4): every (k-th) frame converted, cropped, blurred and differenced.
 
 Videos: generated, realistic size (320x240, 30 fps, 15-30 s; pans across textures taken from
@@ -36,13 +36,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from data.extract import ExtractSettings, extract_one  # noqa: E402
-from data.frame_store import write_video_frames  # noqa: E402
-from data.keyframes import KeyframeParams  # noqa: E402
+from data.frames.extract import ExtractSettings, extract_one  # noqa: E402
+from data.frames.store import write_video_frames  # noqa: E402
+from data.video.keyframes import KeyframeParams  # noqa: E402
 sys.path.insert(0, str(REPO / "tests"))  # the toy video writer lives with the tests
 from toy_datasets import write_video  # noqa: E402
-from data.transforms import clip_resize_crop  # noqa: E402
-from data.video import sample_frame_indices  # noqa: E402
+from data.video.transforms import clip_resize_crop  # noqa: E402
+from data.video.decode import sample_frame_indices  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from _report import machine_info, write_result  # noqa: E402

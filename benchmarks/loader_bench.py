@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from torch.utils.data import DataLoader  # noqa: E402
 
-from data import KeyframeParams, MSRVTTDataset, collate_fn, default_cache_dir  # noqa: E402
-from data.extract import ExtractSettings, extract_to_cache  # noqa: E402
+from data import KeyframeParams, MSRVTTDataset, collate_fn, default_frame_cache_dir  # noqa: E402
+from data.frames.extract import ExtractSettings, extract_to_cache  # noqa: E402
 from _report import machine_info as machine, write_result  # noqa: E402
 from extract_frames_bench import _textures, make_realistic_video  # noqa: E402
 
@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
 
     root = build_dataset(args.work / f"msrvtt-{args.clips}", args.clips)
     params = KeyframeParams("uniform", max_frames=FRAMES)
-    cache = default_cache_dir(root, "uniform", SIZE)
+    cache = default_frame_cache_dir(root, "uniform", SIZE)
     extract_to_cache({f"video{i}": root / "videos" / f"video{i}.mp4" for i in range(args.clips)}, cache,
                      ExtractSettings(keyframes=params, size=SIZE, formats=("npy", "jpeg"), workers=args.workers,
                                      progress=False))

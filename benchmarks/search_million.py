@@ -51,7 +51,7 @@ def encode_library(encoder: Encoder, videos: Path, limit: int, cache: Path) -> n
     """Video embeddings [M, d] of the clips in ``videos`` (cached in ``cache``)."""
     if cache.is_file():
         return np.load(cache)
-    from data.video import read_frames
+    from data.video.decode import read_frames
     s = encoder.sampling
     paths = sorted(videos.glob("*.mp4"))[:limit]
     out = []

@@ -236,7 +236,7 @@ def loader_throughput(args) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from clip4clip.engine.collate import TokenizeCollate
+    from clip4clip.engine.tokenize_collate import TokenizeCollate
     from data.splits import build_split, dataset_root
     from clip4clip.engine.train_job import resolve_workers
     from clip4clip.tokenizer import WordTokenizer

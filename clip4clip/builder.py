@@ -10,10 +10,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from .clip import CLIP, CLIPConfig, clip_from_state_dict, load_clip
+from .clip import CLIP, CLIPConfig
 from .heads import DEFAULT_HEAD
 from .model import CLIP4Clip
-from .serialization import load_state_checked
 from .tokenizer import ClipTokenizer, WordTokenizer
 
 
@@ -57,71 +56,6 @@ def head_kwargs(model_cfg: Mapping) -> tuple:
     return name, head
 
 
-def build_model(model_cfg: Mapping, vocab_size: Optional[int] = None,
-                adapter_cfg: Optional[Mapping] = None, init_state: Optional[Mapping] = None) -> CLIP4Clip:
-    """Model from ``model`` config: ``clip.pretrained`` (released name or file) or
-    ``clip.arch`` (CLIPConfig fields, random init; vocab_size taken from the tokenizer),
-    ``head`` ({name, **kwargs}), ``init_head_from_clip``, ``grad_checkpointing``; then the
-    ``adapter`` config (AIM / LoRA injection and freezing) if given.
-
-    ``init_state``: what ``checkpoints.read_init_checkpoint(model_cfg)`` returns for ``model.init_checkpoint`` (e.g. a
-    finished run that adapters are now added to): ``{"model": full CLIP4Clip state dict,
-    "clip": its CLIPConfig dict or None}``; loaded before injection."""
-    cfg = to_plain(model_cfg)
-    clip_cfg = cfg.get("clip") or {}
-    if init_state is not None:
-        # The checkpoint's own config: head counts cannot be read off the weights, and guessing
-        # OpenAI's width/64 would silently re-split a small model's attention (4 heads -> 1).
-        saved = init_state.get("clip")
-        clip = CLIP(CLIPConfig.from_dict(dict(saved)) if saved else CLIPConfig.from_state_dict(
-            {k[5:]: v for k, v in init_state["model"].items() if k.startswith("clip.")}))
-        init_from_clip = False
-    elif clip_cfg.get("pretrained"):
-        clip = load_clip(clip_cfg["pretrained"], cache_dir=clip_cfg.get("cache_dir"),
-                         activation=clip_cfg.get("activation"))
-        init_from_clip = cfg.get("init_head_from_clip", True)
-    elif clip_cfg.get("arch"):
-        arch = dict(clip_cfg["arch"])
-        if clip_cfg.get("activation"):
-            arch["activation"] = clip_cfg["activation"]
-        if vocab_size is not None:
-            arch["vocab_size"] = vocab_size
-        clip = CLIP(CLIPConfig.from_dict(arch))
-        if clip_cfg.get("vision_pos_init_std"):
-            # OpenAI's init (std width^-0.5, ~0.09) leaves positions a few % of the patch content
-            # after ln_pre: fine with 400M pairs, too faint for a small model to learn where
-            # things are in a few thousand steps.
-            torch.nn.init.normal_(clip.visual.positional_embedding, std=float(clip_cfg["vision_pos_init_std"]))
-        if clip_cfg.get("logit_scale_init"):
-            # CLIP starts at 1/0.07 (~14). A from-scratch model whose captions differ in one word
-            # (left/right) needs the sharper softmax to feel those few hard negatives early.
-            value = float(clip_cfg["logit_scale_init"])
-            if not 1.0 <= value <= 100.0:
-                raise ValueError(f"model.clip.logit_scale_init={value}: expected a scale in [1, 100] "
-                                 "(logits are clamped at 100)")
-            clip.logit_scale.data.fill_(math.log(value))
-        init_from_clip = False  # nothing learned to copy from a random CLIP
-    else:
-        raise ValueError("model.clip needs either 'pretrained' (e.g. ViT-B/32 or a file) or 'arch'")
-    name, kwargs = head_kwargs(cfg)
-    model = CLIP4Clip.from_clip(clip, name, init_head_from_clip=init_from_clip, **kwargs)
-    if init_state is not None:
-        _load_init_state(model, init_state["model"], init_state.get("path"))
-    apply_adapters(model, adapter_cfg)
-    model.clip.set_grad_checkpointing(bool(cfg.get("grad_checkpointing", False)))
-    return model
-
-
-def _load_init_state(model: CLIP4Clip, init_state: Mapping, where: Optional[str] = None) -> None:
-    """CLIP weights must match exactly; the head's only if it is the same kind of head."""
-    own = model.state_dict()
-    head_ok = all(k in own and own[k].shape == v.shape for k, v in init_state.items() if k.startswith("head."))
-    wanted = {k: v for k, v in init_state.items() if k.startswith("clip.") or head_ok}
-    # Adapters are injected after this load, so only CLIP's own weights must all be there.
-    load_state_checked(model, wanted, f"model.init_checkpoint={where}" if where else "model.init_checkpoint",
-                       allow_missing=lambda k: not k.startswith("clip."))
-
-
 def apply_adapters(model: CLIP4Clip, adapter_cfg: Optional[Mapping]) -> Optional[dict]:
     """Inject AIM adapters / text LoRA and freeze the rest as ``adapter`` config says.
     Returns the parameter summary, or None for ``adapter.name: none``."""
@@ -151,18 +85,39 @@ def model_args(model: CLIP4Clip, model_cfg: Mapping, adapter_cfg: Optional[Mappi
             "adapter": to_plain(adapter_cfg) or {"name": "none"}}
 
 
-def model_from_args(args: Mapping, state_dict: Optional[Mapping] = None, where: Optional[str] = None) -> CLIP4Clip:
-    """Rebuild a CLIP4Clip (with its adapters) from ``model_args`` and load a FULL
-    ``state_dict`` strictly. Trainable-only checkpoints need the base weights: see
-    ``load_model_from_checkpoint``."""
+def model_from_args(args: Mapping) -> CLIP4Clip:
+    """The architecture ``model_args`` describe (CLIP, head, adapters injected), randomly
+    initialised; ``weights.model_with_state`` loads a checkpoint's state dict onto it."""
     clip = CLIP(CLIPConfig.from_dict(args["clip"]))
     model = CLIP4Clip.from_clip(clip, args["head"], init_head_from_clip=False, **dict(args.get("head_kwargs") or {}))
     apply_adapters(model, args.get("adapter"))
-    if state_dict is not None:
-        load_state_checked(model, state_dict, f"{where or 'checkpoint'} (a {args['head']} model as its "
-                                              "model_args describe)")
     return model
 
 
-__all__ = ["build_model", "apply_adapters", "build_tokenizer", "tokenizer_state", "model_args", "model_from_args",
-           "clip_from_state_dict"]
+def arch_clip(clip_cfg: Mapping, vocab_size: Optional[int] = None) -> CLIP:
+    """``model.clip.arch`` (CLIPConfig fields): a randomly initialised CLIP, with the
+    ``vision_pos_init_std`` and ``logit_scale_init`` options applied."""
+    arch = dict(clip_cfg["arch"])
+    if clip_cfg.get("activation"):
+        arch["activation"] = clip_cfg["activation"]
+    if vocab_size is not None:
+        arch["vocab_size"] = vocab_size
+    clip = CLIP(CLIPConfig.from_dict(arch))
+    if clip_cfg.get("vision_pos_init_std"):
+        # OpenAI's init (std width^-0.5, ~0.09) leaves positions a few % of the patch content
+        # after ln_pre: fine with 400M pairs, too faint for a small model to learn where
+        # things are in a few thousand steps.
+        torch.nn.init.normal_(clip.visual.positional_embedding, std=float(clip_cfg["vision_pos_init_std"]))
+    if clip_cfg.get("logit_scale_init"):
+        # CLIP starts at 1/0.07 (~14). A from-scratch model whose captions differ in one word
+        # (left/right) needs the sharper softmax to feel those few hard negatives early.
+        value = float(clip_cfg["logit_scale_init"])
+        if not 1.0 <= value <= 100.0:
+            raise ValueError(f"model.clip.logit_scale_init={value}: expected a scale in [1, 100] "
+                             "(logits are clamped at 100)")
+        clip.logit_scale.data.fill_(math.log(value))
+    return clip
+
+
+__all__ = ["apply_adapters", "arch_clip", "build_tokenizer", "head_kwargs", "model_args", "model_from_args",
+           "to_plain", "tokenizer_state"]

@@ -25,7 +25,7 @@ import ftfy
 import regex
 import torch
 
-from .download import DownloadError, default_cache_dir, ensure_file
+from .core.download import DownloadError, weights_cache_dir, ensure_file
 
 __all__ = [
     "BPE_VOCAB_ENV",
@@ -205,7 +205,7 @@ def resolve_bpe_vocab(
 ) -> Path:
     """Locate CLIP's ``bpe_simple_vocab_16e6.txt.gz``, downloading it if needed.
 
-    Order: ``vocab_path`` -> ``$CLIP4CLIP_BPE_VOCAB`` -> ``default_cache_dir(cache_dir)/
+    Order: ``vocab_path`` -> ``$CLIP4CLIP_BPE_VOCAB`` -> ``weights_cache_dir(cache_dir)/
     bpe_simple_vocab_16e6.txt.gz`` (checked against the official SHA256) -> download from
     ``url`` (default: the openai/CLIP repository) into that cache path.
 
@@ -232,7 +232,7 @@ def resolve_bpe_vocab(
 
     url = url or BPE_VOCAB_URL
     sha256 = sha256 or BPE_VOCAB_SHA256
-    dest = default_cache_dir(cache_dir) / BPE_VOCAB_FILENAME
+    dest = weights_cache_dir(cache_dir) / BPE_VOCAB_FILENAME
     try:
         return ensure_file(url, dest, sha256=sha256, progress=progress)
     except DownloadError as e:
@@ -292,7 +292,7 @@ class ClipTokenizer(_Tokenizer):
     Args:
         vocab_path: path to ``bpe_simple_vocab_16e6.txt.gz``; see ``resolve_bpe_vocab`` for
             what happens when it is None.
-        cache_dir: cache folder for the download (default ``default_cache_dir()``).
+        cache_dir: cache folder for the download (default ``weights_cache_dir()``).
 
     ``tokenizer(texts, max_words=32)`` gives the CLIP4Clip input (see ``_Tokenizer.__call__``);
     ``encode`` and ``decode`` match ``SimpleTokenizer.encode``/``decode``.

@@ -1,18 +1,18 @@
-"""Data layer: the MSR-VTT, MSVD, DiDeMo, ActivityNet Captions and LSMDC readers, frame sampling
-and keyframe selection, frame caches, CLIP preprocessing, synthetic data."""
+"""Data layer: dataset readers (``readers/``), video decoding and frame sampling (``video/``),
+frame caches (``frames/``), the synthetic dataset (``synthetic/``), and ``splits.py`` (the
+``dataset`` config -> a split). The names below are the public API."""
 
-from .base import EmptySplitError, MissingDataError, MissingVideosWarning, SplitVideos, UnreadableVideosError, VideoTextDataset
-from .activitynet import ActivityNetDataset
-from .collate import BrokenVideoWarning, collate_fn
-from .didemo import DiDeMoDataset
-from .frame_store import FrameStore, default_cache_dir
-from .keyframes import SCHEMES, KeyframeParams, Keyframes, select_keyframes
-from .lsmdc import LSMDCDataset
-from .msrvtt import MSRVTTDataset
-from .msvd import MSVDDataset
-from .safe_pickle import UnsafePickleError, load_plain_pickle
-from .synthetic import SyntheticConfig, default_synthetic_root, ensure_synthetic_dataset
-from .transforms import (
+from .readers.base import EmptySplitError, MissingDataError, MissingVideosWarning, SplitVideos, UnreadableVideosError, VideoTextDataset
+from .readers.activitynet import ActivityNetDataset
+from .readers.collate import BrokenVideoWarning, collate_fn
+from .readers.didemo import DiDeMoDataset
+from .frames.store import FrameStore, default_frame_cache_dir
+from .video.keyframes import SCHEMES, KeyframeParams, Keyframes, select_keyframes
+from .readers.lsmdc import LSMDCDataset
+from .readers.msrvtt import MSRVTTDataset
+from .readers.msvd import MSVDDataset
+from .synthetic.generate import SyntheticConfig, default_synthetic_root, ensure_synthetic_dataset
+from .video.transforms import (
     CLIP_MEAN,
     CLIP_STD,
     center_crop,
@@ -23,7 +23,7 @@ from .transforms import (
     pack_clip,
     resize_shorter_side,
 )
-from .video import (
+from .video.decode import (
     VideoInfo,
     VideoMetadataWarning,
     VideoReadError,
@@ -53,7 +53,6 @@ __all__ = [
     "SplitVideos",
     "SyntheticConfig",
     "UnreadableVideosError",
-    "UnsafePickleError",
     "VideoInfo",
     "VideoMetadataWarning",
     "VideoReadError",
@@ -64,10 +63,9 @@ __all__ = [
     "clip_preprocess",
     "clip_resize_crop",
     "collate_fn",
-    "default_cache_dir",
+    "default_frame_cache_dir",
     "default_synthetic_root",
     "ensure_synthetic_dataset",
-    "load_plain_pickle",
     "normalize_uint8",
     "normalize_uint8_numpy",
     "pack_clip",

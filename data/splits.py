@@ -2,33 +2,43 @@
 split (``build_split``), its folder (``dataset_root``) and its frame sampling (``split_sampling``)."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple, Type
+
+from .frames.store import default_frame_cache_dir
+from .readers.activitynet import ActivityNetDataset
+from .readers.base import EmptySplitError, MissingDataError, MissingVideosWarning, VideoTextDataset
+from .readers.didemo import DiDeMoDataset
+from .readers.lsmdc import LSMDCDataset
+from .readers.msrvtt import MSRVTTDataset
+from .readers.msvd import MSVDDataset
+from .synthetic.generate import ensure_synthetic_dataset
+from .video.keyframes import KeyframeParams
 
 
 @dataclass(frozen=True)
 class Reader:
-    """A dataset name's reader: its class (by name in ``data``), the config keys naming its
-    files (passed on only when set: the reader owns the defaults), and the layout hint for a
-    missing ``dataset.root``."""
+    """A dataset name's reader: its class, the config keys naming its files (passed on only
+    when set: the reader owns the defaults), and the layout hint for a missing ``dataset.root``."""
 
-    cls: str
+    cls: Type[VideoTextDataset]
     file_keys: Tuple[str, ...]
     layout: str
 
 
 READERS: Dict[str, Reader] = {
-    "synthetic": Reader("MSRVTTDataset", ("train_csv", "video_dir"), "(generated on first use)"),
-    "msrvtt": Reader("MSRVTTDataset", ("train_csv", "video_dir"),
+    "synthetic": Reader(MSRVTTDataset, ("train_csv", "video_dir"), "(generated on first use)"),
+    "msrvtt": Reader(MSRVTTDataset, ("train_csv", "video_dir"),
                      "the MSR-VTT annotation files (MSRVTT_data.json, MSRVTT_train.9k.csv, ...) and videos/"),
-    "msvd": Reader("MSVDDataset", ("captions_file", "video_dir"),
+    "msvd": Reader(MSVDDataset, ("captions_file", "video_dir"),
                    "train_list.txt, val_list.txt, test_list.txt, raw-captions.pkl and YouTubeClips/"),
-    "didemo": Reader("DiDeMoDataset", ("video_dir", "list_file", "data_file"),
+    "didemo": Reader(DiDeMoDataset, ("video_dir", "list_file", "data_file"),
                      "{train,val,test}_list.txt, {train,val,test}_data.json and videos/"),
-    "activitynet": Reader("ActivityNetDataset", ("video_dir", "train_ids", "val_ids", "train_data", "val_data"),
+    "activitynet": Reader(ActivityNetDataset, ("video_dir", "train_ids", "val_ids", "train_data", "val_data"),
                           "train_ids.json, val_ids.json, train.json, val_1.json and videos/"),
-    "lsmdc": Reader("LSMDCDataset", ("video_dir", "train_file", "val_file", "test_file"),
+    "lsmdc": Reader(LSMDCDataset, ("video_dir", "train_file", "val_file", "test_file"),
                     "LSMDC16_annos_training.csv, LSMDC16_annos_val.csv, LSMDC16_challenge_1000_publictect.csv "
                     "and videos/ (flat or one folder per movie)"),
 }
@@ -41,7 +51,6 @@ def dataset_root(cfg: Mapping, progress: bool = True) -> Path:
     if name not in DATASETS:
         raise ValueError(f"dataset.name={name!r}; expected one of {DATASETS}")
     if name == "synthetic":
-        from data import ensure_synthetic_dataset
         gen = dict(cfg.get("generator") or {})
         return ensure_synthetic_dataset(cfg.get("root"), progress=progress, **gen)
     root = Path(str(cfg.get("root"))).expanduser()
@@ -54,19 +63,17 @@ def dataset_root(cfg: Mapping, progress: bool = True) -> Path:
 def split_sampling(cfg: Mapping, split: str):
     """The frame sampling of ``split`` (``data.KeyframeParams.from_config``: the one place the
     ``dataset`` config becomes frame sampling, for datasets, extraction and search)."""
-    from data import KeyframeParams
     return KeyframeParams.from_config(cfg, split)
 
 
 def frame_cache_dir(cfg: Mapping, root: Path, scheme: str) -> Path:
     """Where the frame cache of ``scheme`` lives: ``dataset.frame_cache.dir`` (``{keyframes}`` and
     ``{size}`` in it are filled in) or ``<root>/frames/<scheme>-<size>``."""
-    from data import default_cache_dir
     fc = cfg.get("frame_cache") or {}
     size = int(fc.get("size", 224))
     if fc.get("dir"):
         return Path(str(fc["dir"]).replace("{keyframes}", scheme).replace("{size}", str(size))).expanduser()
-    return default_cache_dir(root, scheme, size)
+    return default_frame_cache_dir(root, scheme, size)
 
 
 def build_split(cfg: Mapping, root: Path, split: str, image_size: int, seed: int,
@@ -79,7 +86,6 @@ def build_split(cfg: Mapping, root: Path, split: str, image_size: int, seed: int
     Training items of unreadable videos come back marked ``broken`` (``dataset.skip_broken``),
     which ``TokenizeCollate`` drops and counts; val/test splits are checked up front instead.
     """
-    import data
     name = cfg.get("name")
     if name not in READERS:
         raise ValueError(f"dataset.name={name!r}; expected one of {DATASETS}")
@@ -101,15 +107,13 @@ def build_split(cfg: Mapping, root: Path, split: str, image_size: int, seed: int
     )
     # File names only when the config gives them: each reader owns its defaults.
     files = {k: cfg[k] for k in reader.file_keys if cfg.get(k)}
-    return getattr(data, reader.cls)(root, **files, **options)
+    return reader.cls(root, **files, **options)
 
 
 def dataset_videos(cfg: Mapping, root: Path) -> Tuple[Dict[str, Path], Dict[str, str]]:
     """Every video the dataset's annotation files name, over all splits that have annotations:
     (video id -> file, video id -> what was looked for, for the missing ones). For extract_frames.py.
     Raises the first split's MissingDataError when no split has its annotation files."""
-    import warnings
-    from data import EmptySplitError, MissingDataError, MissingVideosWarning
     # Listing only: no cache, no up-front checks, missing videos dropped rather than fatal.
     listing = {**cfg, "frame_cache": {**(cfg.get("frame_cache") or {}), "use": False}, "cache_frames": False}
     found: Dict[str, Path] = {}

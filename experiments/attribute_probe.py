@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from clip4clip.builder import build_model  # noqa: E402
+from clip4clip.weights import build_model  # noqa: E402
 from data.splits import build_split, dataset_root  # noqa: E402
 
 ATTRIBUTES = ("color", "shape", "background", "direction")

@@ -23,11 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from clip4clip.builder import build_tokenizer  # noqa: E402
-from clip4clip.checkpoints import load_model_from_checkpoint  # noqa: E402
-from clip4clip.engine.checkpoint import load_checkpoint  # noqa: E402
+from clip4clip.weights.checkpoints import load_model_from_checkpoint  # noqa: E402
+from clip4clip.engine.saving import load_checkpoint  # noqa: E402
 from data.splits import build_split, dataset_root  # noqa: E402
 from clip4clip.engine.evaluation import evaluate  # noqa: E402
-from data.synthetic_render import OPPOSITE, canonical_caption  # noqa: E402
+from data.synthetic.render import OPPOSITE, canonical_caption  # noqa: E402
 
 PERPENDICULAR = {"left": "up", "right": "down", "up": "right", "down": "left"}
 ATTRIBUTES = ("color", "shape", "background", "direction")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from adapters import (AIMBlock, Adapter, LoRA, TemporalEmbedding, configure_trainable,
-                      format_parameter_summary, inject_aim, inject_lora, load_trainable_state_dict,
-                      parameter_summary, trainable_state_dict)
+                      format_parameter_summary, inject_aim, inject_lora, parameter_summary)
+from clip4clip.weights.adapter_state import load_trainable_state_dict, trainable_state_dict
 from clip4clip.clip import CLIP, CLIPConfig
 from clip4clip.model import CLIP4Clip
 
@@ -335,9 +335,10 @@ def test_init_checkpoint_keeps_the_saved_head_count_so_adapters_start_from_the_s
     """A from-scratch model with 4 heads at width 64 (OpenAI's rule would say 1): the model
     rebuilt from ``model.init_checkpoint`` with zero-initialised AIM adapters must compute
     exactly what the checkpointed model computes."""
-    from clip4clip.builder import build_model, model_args
-    from clip4clip.checkpoints import read_init_checkpoint
-    from clip4clip.engine.checkpoint import FORMAT, atomic_save
+    from clip4clip.builder import model_args
+    from clip4clip.weights import build_model
+    from clip4clip.weights.checkpoints import read_init_checkpoint
+    from clip4clip.engine.saving import FORMAT, atomic_save
     arch = dict(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=64, vision_heads=4,
                 vision_patch_size=8, context_length=16, vocab_size=50, transformer_width=64,
                 transformer_heads=4, transformer_layers=1)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from clip4clip.checkpoints import load_model, read_checkpoint
+from clip4clip.weights import load_model, read_checkpoint
 from clip4clip.engine.evaluate_job import run_evaluation
 from clip4clip.engine.train_job import run_training
 from data import KeyframeParams
@@ -85,7 +85,7 @@ def test_evaluate_takes_a_run_folder_like_search(tmp_path, run_folder):
 
 
 def test_an_exported_folder_is_a_checkpoint_everywhere(tmp_path, run_folder):
-    from clip4clip.export import export_checkpoint
+    from clip4clip.weights.export import export_checkpoint
     folder = tmp_path / "export"
     export_checkpoint(run_folder, folder)
     kind, _, _ = read_checkpoint(folder)

@@ -18,7 +18,7 @@ import torch
 
 from benchmark_layouts import WRITERS, add_bad_records, didemo_paragraphs
 from clip4clip.engine.train_job import run_training
-from data.annotations import AnnotationError
+from data.readers.annotations import AnnotationError
 from framework_utils import REPO, TINY_MODEL, compose_cfg
 
 # One head per dataset, so the two-tower and the cross-encoder paths both run end to end.

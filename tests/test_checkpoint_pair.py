@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 
-from clip4clip.engine import checkpoint as ckpt_mod
+from clip4clip.engine import saving as ckpt_mod
 from clip4clip.engine import trainer as trainer_mod
-from clip4clip.engine.checkpoint import BEST_PENDING, CheckpointWriteError, load_checkpoint
+from clip4clip.engine.saving import BEST_PENDING, CheckpointWriteError, load_checkpoint
 from clip4clip.engine.train_job import run_training
 from framework_utils import REPO, compose_cfg, tiny_train_overrides
 

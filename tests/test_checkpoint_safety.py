@@ -10,10 +10,11 @@ import zipfile
 import pytest
 import torch
 
-from clip4clip.checkpoints import CheckpointReadError, read_torch_file
-from clip4clip.clip import CLIP, CLIPConfig, load_clip
-from clip4clip.clip.torchscript import read_torchscript_state_dict
-from clip4clip.engine.checkpoint import FORMAT
+from clip4clip.weights import CheckpointReadError, read_torch_file
+from clip4clip.clip import CLIP, CLIPConfig
+from clip4clip.weights import load_clip
+from clip4clip.weights.torchscript import read_torchscript_state_dict
+from clip4clip.engine.saving import FORMAT
 from clip4clip.engine.evaluate_job import run_evaluation
 from clip4clip.engine.train_job import run_training
 from framework_utils import REPO, compose_cfg, tiny_train_overrides

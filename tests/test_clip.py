@@ -7,8 +7,10 @@ from functools import partial
 import pytest
 import torch
 
-from clip4clip.clip import CLIP, CLIPConfig, load_clip, read_state_dict
-from clip4clip.clip import pretrained as pretrained_mod
+from clip4clip.clip import CLIP, CLIPConfig
+from clip4clip.weights import clip_weights as pretrained_mod
+from clip4clip.weights import load_clip
+from clip4clip.weights.clip_state import read_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from clip4clip.cpu_memory import _glibc
+from clip4clip.core.cpu_memory import _glibc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 # exactly, and with the minor page faults of rounds that reuse freed memory.
 SCRIPT = r"""
 import ctypes, json, resource, sys
-from clip4clip.cpu_memory import keep_freed_memory
+from clip4clip.core.cpu_memory import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 import torch
 
@@ -68,6 +68,6 @@ def test_freed_memory_stays_in_the_heap_and_steps_stop_faulting():
 
 
 def test_a_second_call_does_nothing_and_still_reports_the_state():
-    from clip4clip.cpu_memory import keep_freed_memory
+    from clip4clip.core.cpu_memory import keep_freed_memory
     first = keep_freed_memory()
     assert keep_freed_memory() == first == (_glibc() is not None)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from clip4clip.errors import user_errors
-from data import MSRVTTDataset, MSVDDataset, load_plain_pickle
-from data.msrvtt import _load_captions
-from data.msvd import load_msvd_captions
-from data.safe_pickle import UnsafePickleError, _PlainUnpickler, loads_plain_pickle
+from clip4clip.core.errors import user_errors
+from data import MSRVTTDataset, MSVDDataset
+from data.readers.msrvtt import _load_captions
+from data.readers.msvd import load_msvd_captions
+from clip4clip.core.safe_pickle import UnsafePickleError, _PlainUnpickler, load_plain_pickle, loads_plain_pickle
 
 SENTENCES = [{"video_id": f"video{i // 2}", "caption": f"a person does thing number {i}", "sen_id": i} for i in range(40)]
 TEST_HEADER = "key,vid_key,video_id,sentence\n"
@@ -335,7 +335,7 @@ def test_msvd_list_file_errors(tmp_path):
 
 
 def test_non_utf8_frame_cache_manifest_names_the_file(tmp_path):
-    from data.frame_store import MANIFEST, load_manifest
+    from data.frames.store import MANIFEST, load_manifest
     (tmp_path / MANIFEST).write_bytes(b'{"format": "\xff\xfe"}')
     with pytest.raises(ValueError, match=f"{MANIFEST}: not UTF-8"):
         load_manifest(tmp_path)

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data import MSRVTTDataset, MissingDataError, VideoReadError, collate_fn, ensure_synthetic_dataset
-from data.transforms import CLIP_MEAN, CLIP_STD
+from data.video.transforms import CLIP_MEAN, CLIP_STD
 
 SMALL = dict(num_train=40, num_val=10, num_test=12)
 S = 32  # small CLIP input side keeps the tests fast; the code path is the same as 224

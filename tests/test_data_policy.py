@@ -9,7 +9,7 @@ import cv2
 import pytest
 import torch
 
-from clip4clip.engine.collate import TokenizeCollate
+from clip4clip.engine.tokenize_collate import TokenizeCollate
 from data.splits import build_split
 from data import (
     BrokenVideoWarning,

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from data.video import ASSUMED_FPS, _sanitize_count, _sanitize_fps, sample_frame_indices
+from data.video.decode import ASSUMED_FPS, _sanitize_count, _sanitize_fps, sample_frame_indices
 
 
 def test_fps1_takes_first_frame_of_each_second():

@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-import data.synthetic as synthetic
-from data.synthetic import SyntheticConfig, _plan, default_synthetic_root, ensure_synthetic_dataset
-from data.synthetic_render import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, all_combos, canonical_caption, render_clip
-from data.video import probe_video, read_frames
+import data.synthetic.generate as synthetic
+from data.synthetic.generate import SyntheticConfig, _plan, default_synthetic_root, ensure_synthetic_dataset
+from data.synthetic.render import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, all_combos, canonical_caption, render_clip
+from data.video.decode import probe_video, read_frames
 
 SMALL = dict(num_train=40, num_val=10, num_test=12)
 TEXT_FILES = ["MSRVTT_data.json", "MSRVTT_train.9k.csv", "MSRVTT_train.7k.csv", "MSRVTT_JSFUSION_test.csv", "MSRVTT_val.csv", "attributes.json", "COMPLETE"]
@@ -86,7 +86,7 @@ def test_train_covers_every_combo_and_test_is_unique():
 def test_train_clips_come_in_minimal_pair_runs():
     """4 consecutive clips: one scene in all 4 directions (two exact reversal pairs); 16
     consecutive clips: one colour on one background, each shape once per group of 4."""
-    from data.synthetic_render import OPPOSITE
+    from data.synthetic.render import OPPOSITE
     train = [r["spec"] for r in _plan(SyntheticConfig(num_train=160, num_val=10, num_test=10)) if r["split"] == "train"]
     for run in range(0, 160, 16):
         block = train[run:run + 16]

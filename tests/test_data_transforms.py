@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.transforms import (
+from data.video.transforms import (
     CLIP_MEAN,
     CLIP_STD,
     center_crop,
@@ -112,7 +112,7 @@ def test_numpy_normalisation_equals_torch():
 @pytest.mark.parametrize("hw", [(40, 50), (32, 32)])  # resized, and already model-size (the fast path)
 @pytest.mark.parametrize("max_frames", [4, 8])
 def test_pack_clip_is_clip_preprocessing_of_the_kept_frames(hw, max_frames):
-    from data.transforms import pack_clip
+    from data.video.transforms import pack_clip
     frames = np.random.default_rng(1).integers(0, 256, (6, *hw, 3), dtype=np.uint8)
     frames.flags.writeable = False  # as the in-memory frame cache hands them out
     before = frames.copy()
@@ -132,7 +132,7 @@ def test_pack_clip_is_clip_preprocessing_of_the_kept_frames(hw, max_frames):
 
 
 def test_pack_clip_rejects_frames_that_are_not_uint8_rgb():
-    from data.transforms import pack_clip
+    from data.video.transforms import pack_clip
     with pytest.raises(ValueError, match="uint8 RGB frames"):
         pack_clip(np.zeros((2, 32, 32, 3), dtype=np.float32), 4, 32)
     with pytest.raises(ValueError, match="uint8 RGB frames"):

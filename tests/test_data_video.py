@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-import data.video as video
+import data.video.decode as video
 from toy_datasets import write_video
 
-from data.video import (
+from data.video.decode import (
     ASSUMED_FPS,
     VideoMetadataWarning,
     VideoReadError,
@@ -264,7 +264,7 @@ def test_a_short_clip_is_opened_once(tmp_path, monkeypatch):
 
 
 def test_a_seek_that_misses_decodes_again_from_frame_zero(clips, monkeypatch):
-    import data.seeking as seeking
+    import data.video.seeking as seeking
     path = clips / "eye_makeup.avi"
     truth_frames, truth_times = read_frames(path, max_frames=4)
 

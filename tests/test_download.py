@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from clip4clip.download import (
+from clip4clip.core.download import (
     ChecksumError,
     DownloadError,
-    default_cache_dir,
+    weights_cache_dir,
     download_file,
     ensure_file,
     sha256_file,
@@ -197,11 +197,11 @@ def test_invalid_sha256_argument():
 def test_default_cache_dir_order(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("CLIP4CLIP_CACHE_DIR", raising=False)
-    assert default_cache_dir() == tmp_path / "home" / ".cache" / "clip"
+    assert weights_cache_dir() == tmp_path / "home" / ".cache" / "clip"
     monkeypatch.setenv("CLIP4CLIP_CACHE_DIR", "~/elsewhere")
-    assert default_cache_dir() == tmp_path / "home" / "elsewhere"
-    assert default_cache_dir(tmp_path / "explicit") == tmp_path / "explicit"
-    assert default_cache_dir("~/x") == tmp_path / "home" / "x"
+    assert weights_cache_dir() == tmp_path / "home" / "elsewhere"
+    assert weights_cache_dir(tmp_path / "explicit") == tmp_path / "explicit"
+    assert weights_cache_dir("~/x") == tmp_path / "home" / "x"
 
 
 def test_sha256_file_matches_hashlib(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from clip4clip.clip import CLIP, CLIPConfig
-from clip4clip.engine.checkpoint import atomic_save, resolve_resume_path
+from clip4clip.engine.saving import atomic_save, resolve_resume_path
 from clip4clip.engine.optim import build_optimizer, build_scheduler, param_groups, pretrained_names, text_tower_names
 from clip4clip.engine.sampler import EpochSampler
 from clip4clip.model import CLIP4Clip

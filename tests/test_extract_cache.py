@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-import data.extract as extract
+import data.frames.extract as extract
 from data import FrameStore, KeyframeParams, MSVDDataset, select_keyframes
-from data.extract import ExtractSettings, extract_to_cache, videos_in_folder
-from data.frame_store import load_manifest
+from data.frames.extract import ExtractSettings, extract_to_cache, videos_in_folder
+from data.frames.store import load_manifest
 from toy_datasets import write_msrvtt_folder
-from data.transforms import clip_resize_crop
+from data.video.transforms import clip_resize_crop
 from extract_frames import run_extraction
 from framework_utils import REPO, compose_cfg
 

@@ -7,7 +7,7 @@ import pytest
 
 from data.splits import build_split, split_sampling
 from clip4clip.engine.train_job import run_training
-from data.frame_store import load_manifest
+from data.frames.store import load_manifest
 from toy_datasets import write_msrvtt_folder
 from extract_frames import run_extraction
 from framework_utils import TINY_MODEL, compose_cfg

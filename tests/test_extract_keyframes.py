@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from data import seeking
-from data.keyframes import KeyframeParams, diff_score_image, select_keyframes, top_k_in_order
+from data.video import seeking
+from data.video.keyframes import KeyframeParams, diff_score_image, select_keyframes, top_k_in_order
 from toy_datasets import write_cut_video, write_video
-from data.video import VideoReadError, VideoTruncatedWarning, sample_frame_indices
+from data.video.decode import VideoReadError, VideoTruncatedWarning, sample_frame_indices
 
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "videos"
 CLIPS = {"arm_wrestling.mp4": (28.0, 280), "eye_makeup.avi": (25.0, 164), "pool_cleaning.mp4": (30.0, 300)}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from toy_datasets import write_video
-from data.video import FRAME_RULES, _decode_selected, probe_video, sample_frame_indices
+from data.video.decode import FRAME_RULES, _decode_selected, probe_video, sample_frame_indices
 
 CLIPS = ("arm_wrestling.mp4", "eye_makeup.avi", "pool_cleaning.mp4")
 SLICE_CODES = {"head": 0, "tail": 1, "uniform": 2}  # CLIP4Clip's --slice_framepos values

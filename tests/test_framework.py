@@ -11,10 +11,10 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from clip4clip.builder import build_model
+from clip4clip.weights import build_model
 from clip4clip.clip import CLIP, CLIPConfig
 from clip4clip.engine import trainer as trainer_mod
-from clip4clip.engine.checkpoint import load_checkpoint
+from clip4clip.engine.saving import load_checkpoint
 from clip4clip.engine.evaluate_job import run_evaluation
 from clip4clip.engine.train_job import run_training
 from framework_utils import CONFIGS, REPO, compose_cfg, tiny_train_overrides
@@ -332,7 +332,7 @@ def test_aim_experiment_names_missing_dataset_and_missing_weights(tmp_path, synt
                                 f"paths.output_dir={tmp_path / 'o1'}"])
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "msrvtt")):
         run_training(cfg)
-    from clip4clip.clip import pretrained as pretrained_mod
+    from clip4clip.weights import clip_weights as pretrained_mod
     monkeypatch.setattr(pretrained_mod, "_BASE_URL", "http://127.0.0.1:9")  # refused, as offline
     cfg = compose_cfg("train", ["+experiment=aim_msrvtt7k", "dataset=synthetic", f"dataset.root={synth_root}",
                                 "dataset.generator.num_train=48", "dataset.generator.num_val=16",

@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip4clip.clip import CLIP, CLIPConfig, load_clip, read_clip_weights
-from clip4clip.clip.hf import check_tokenizer_files, hf_to_openai_state_dict
+from clip4clip.clip import CLIP, CLIPConfig
+from clip4clip.weights.clip_weights import load_clip, read_clip_weights
+from clip4clip.weights.hf import check_tokenizer_files, hf_to_openai_state_dict
 from clip4clip.tokenizer import ClipTokenizer, _clean_text
 
 import transformers  # noqa: E402  (the dev extra; a missing install fails here rather than skipping)
@@ -448,9 +449,10 @@ def test_runtime_code_never_imports_transformers():
 def _tiny_run(tmp_path: Path, activation="gelu") -> Path:
     """A run folder with one of our (evaluation) checkpoints: a tiny seqTransf model with a word
     vocabulary, written as train.py writes best.pt."""
-    from clip4clip.builder import build_model, model_args, tokenizer_state
-    from clip4clip.checkpoints import FORMAT
-    from clip4clip.engine.checkpoint import atomic_save
+    from clip4clip.builder import model_args, tokenizer_state
+    from clip4clip.weights import build_model
+    from clip4clip.weights.checkpoints import FORMAT
+    from clip4clip.engine.saving import atomic_save
     from clip4clip.tokenizer import WordTokenizer
 
     tok = WordTokenizer.build(["a man is cooking", "a dog runs on the beach"])
@@ -472,8 +474,10 @@ def _tiny_run(tmp_path: Path, activation="gelu") -> Path:
 
 def test_export_round_trip_gives_identical_outputs(tmp_path, capsys):
     from clip4clip.builder import build_tokenizer
-    from clip4clip.checkpoints import load_model_from_checkpoint
-    from clip4clip.export import exported_checkpoint, is_exported_folder, load_exported, main
+    from clip4clip.weights.checkpoints import load_model_from_checkpoint
+    from clip4clip.weights.checkpoints import exported_checkpoint
+    from clip4clip.weights.export import main
+    from clip4clip.weights.exported import is_exported_folder, load_exported
 
     run, model, tok = _tiny_run(tmp_path)
     out = tmp_path / "exported"

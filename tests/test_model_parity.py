@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from clip4clip.official import load_official_checkpoint
+from clip4clip.weights.official import load_official_checkpoint
 from clip4clip.heads import MeanPooling, SeqLSTM, SeqTransf
 from clip4clip.loss import contrastive_loss
 

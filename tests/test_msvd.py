@@ -48,7 +48,7 @@ def test_test_split_scores_every_caption_and_decodes_each_video_once(root, monke
     assert ds.text_video_index == [i for i in range(3) for _ in range(4)]
     videos = ds.video_dataset()
     assert len(videos) == 3 and videos.video_ids == ids
-    import data.base as base
+    import data.readers.base as base
     calls = []
     original = base.select_keyframes
     monkeypatch.setattr(base, "select_keyframes", lambda p, k: calls.append(Path(p).stem) or original(p, k))

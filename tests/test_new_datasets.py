@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.activitynet import ActivityNetDataset
-from data.base import MissingDataError, MissingVideosWarning
-from data.annotations import AnnotationError
-from data.didemo import DiDeMoDataset
-from data.lsmdc import LSMDCDataset, lsmdc_movie
+from data.readers.activitynet import ActivityNetDataset
+from data.readers.base import MissingDataError, MissingVideosWarning
+from data.readers.annotations import AnnotationError
+from data.readers.didemo import DiDeMoDataset
+from data.readers.lsmdc import LSMDCDataset, lsmdc_movie
 from toy_datasets import write_video
 
 S = 16

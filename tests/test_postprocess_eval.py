@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from benchmark_layouts import write_didemo
-from clip4clip.builder import build_model, build_tokenizer
+from clip4clip.builder import build_tokenizer
+from clip4clip.weights import build_model
 from clip4clip.engine.evaluate_job import run_evaluation, training_querybank
 from clip4clip.engine.evaluation import (Postprocess, draw_querybank, evaluate, evaluate_with_postprocessing,
                                          similarity_matrix)

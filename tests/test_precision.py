@@ -65,7 +65,7 @@ def test_layernorm_softmax_and_loss_stay_float32_under_bf16_autocast():
 
 
 def test_uint8_frames_normalised_on_the_device_give_the_float_pipeline_loss():
-    from data.transforms import normalize_uint8
+    from data.video.transforms import normalize_uint8
     raw = tiny_batch(6, uint8=True)
     moved = batch_to_device(raw, CPU)
     assert moved["video"].dtype == torch.float32

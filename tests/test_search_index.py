@@ -349,7 +349,7 @@ def test_faiss_backend_ranks_like_exact_search(tmp_path, base, run):
 def test_video_frames_are_exactly_the_evaluation_frames(moment_frames):
     from clip4clip.search import Sampling
     from clip4clip.search.media import sample_for_index
-    from data.video import read_frames
+    from data.video.decode import read_frames
     for name, fps, max_frames in (("arm_wrestling.mp4", 1.0, 12), ("eye_makeup.avi", 0.5, 4),
                                   ("pool_cleaning.mp4", 2.0, 5)):
         path = su.real_videos() / name

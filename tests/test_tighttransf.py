@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from clip4clip.official import load_official_checkpoint
-from clip4clip.builder import build_model
+from clip4clip.weights.official import load_official_checkpoint
+from clip4clip.weights import build_model
 from clip4clip.clip import CLIP, CLIPConfig
 from clip4clip.engine import evaluation
 from clip4clip.engine.evaluate_job import run_evaluation

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import clip4clip.tokenizer as tokenizer_mod
-from clip4clip.download import ChecksumError, DownloadError
+from clip4clip.core.download import ChecksumError, DownloadError
 from clip4clip.tokenizer import (
     BPE_VOCAB_FILENAME,
     BPE_VOCAB_SHA256,

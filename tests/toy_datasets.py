@@ -1,7 +1,7 @@
 """Small dataset folders in the official MSR-VTT and MSVD layouts, with generated videos.
 
 For tests, examples and benchmarks that need the real file formats without the real data:
-``write_msrvtt_folder`` / ``write_msvd_folder`` render moving-shape clips (``data.synthetic_render``)
+``write_msrvtt_folder`` / ``write_msvd_folder`` render moving-shape clips (``data.synthetic.render``)
 and write the annotation files exactly as distributed for CLIP4Clip; ``write_cut_video`` writes a
 clip with scene cuts at known frames (for keyframe tests).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data.synthetic_render import BACKGROUNDS, COLORS, all_combos, canonical_caption, make_clip_spec, paraphrases, render_clip
+from data.synthetic.render import BACKGROUNDS, COLORS, all_combos, canonical_caption, make_clip_spec, paraphrases, render_clip
 
 __all__ = ["write_cut_video", "write_msrvtt_folder", "write_msvd_folder", "write_video"]
 

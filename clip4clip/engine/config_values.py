@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Optional
 
 
@@ -32,3 +33,11 @@ def flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name}={value!r}; expected true or false")
     return value
+
+
+def resolve_workers(value, processes_per_node: int = 1) -> int:
+    """``auto``: this process's share of the CPU cores (cores / processes on the node), at
+    most 8 -- enough to feed one GPU from cached or pre-extracted frames."""
+    if value in (None, "auto"):
+        return max(1, min(8, (os.cpu_count() or 1) // max(processes_per_node, 1)))
+    return whole_number(value, "trainer.num_workers (auto or a count)", 0)

@@ -11,15 +11,14 @@ import warnings
 from typing import Any, Dict, Iterable, Mapping, Tuple
 
 from ..builder import to_plain
-from ..checkpoints import model_and_tokenizer, read_checkpoint
+from ..weights import model_and_tokenizer, read_checkpoint
 from ..metrics import format_table
-from .checkpoint import seed_everything
+from .saving import seed_everything
 from data.splits import build_split, dataset_root
 from .evaluation import Postprocess, Querybank, draw_querybank, evaluate_with_postprocessing
-from .config_values import flag
-from ..cpu_memory import keep_freed_memory
+from .config_values import flag, resolve_workers
+from ..core.cpu_memory import keep_freed_memory
 from .precision import resolve_device, resolve_precision
-from .train_job import resolve_workers
 from .run_folder import check_output_dir, save_config, write_json
 
 # Sections of the evaluation config that describe the run itself, not the model or data

@@ -223,7 +223,7 @@ def _encode(model, dataset, tokenizer, max_words: int, batch_size: int, device, 
     # item datasets: (caption, video) pairs, videos shared by captions encoded once
     from torch.utils.data import DataLoader
 
-    from .collate import TokenizeCollate
+    from .tokenize_collate import TokenizeCollate
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                         collate_fn=TokenizeCollate(tokenizer, max_words),
                         pin_memory=device.type == "cuda")

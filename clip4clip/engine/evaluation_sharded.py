@@ -52,7 +52,7 @@ def _encode_share(model, dataset, info: DistInfo, tokenizer, max_words, batch_si
                                       num_workers, progress, desc)
         rows = shard.text_rows
     else:  # item datasets: contiguous items; videos shared by neighbours are merged on rank 0
-        from .collate import TokenizeCollate
+        from .tokenize_collate import TokenizeCollate
         lo, hi = _share(len(dataset), info)
         if lo == hi:
             return None

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text
+from ..core.atomic import atomic_write_text
 
 
 def check_output_dir(path: Any, subdirs: tuple = ()) -> Path:
@@ -32,8 +32,10 @@ def check_output_dir(path: Any, subdirs: tuple = ()) -> Path:
 def save_config(config: dict, out: Path) -> None:
     """The resolved config as ``<out>/config.yaml``."""
     from omegaconf import OmegaConf
-    atomic_write_text(OmegaConf.to_yaml(OmegaConf.create(config)), out / "config.yaml")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
 
 
 def write_json(obj: Any, path: Path) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, default=float) + "\n", path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=float) + "\n")

@@ -17,7 +17,7 @@ def batch_to_device(batch: dict, device: torch.device) -> dict:
     """Tensors to ``device`` (non-blocking: the loader pins memory on CUDA). A uint8 ``video``
     (datasets built with ``normalize=False``) is CLIP-normalised there, after a copy 4x smaller
     than float32 frames; the result is float32 and autocast lowers it where it pays."""
-    from data.transforms import normalize_uint8
+    from data.video.transforms import normalize_uint8
     out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
     if torch.is_tensor(out.get("video")) and out["video"].dtype == torch.uint8:
         out["video"] = normalize_uint8(out["video"])

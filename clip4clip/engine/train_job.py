@@ -9,7 +9,6 @@ so a config means the same training on any number of GPUs.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
@@ -17,21 +16,21 @@ from typing import Any, Dict, Mapping, Tuple
 import torch
 from torch.utils.data import DataLoader
 
-from data.atomic import remove_stale_tmp
+from clip4clip.core.atomic import remove_stale_tmp
 
-from ..builder import build_model, build_tokenizer, model_args, to_plain, tokenizer_state
-from ..checkpoints import read_init_checkpoint
+from ..builder import build_tokenizer, model_args, to_plain, tokenizer_state
+from ..weights import build_model, read_init_checkpoint
 from ..loss import ClipLoss
 from ..metrics import format_table
-from .checkpoint import load_checkpoint, reconcile_best, resolve_resume_path, seed_everything
-from .collate import TokenizeCollate
-from .config_values import flag, positive_number, whole_number
+from .saving import load_checkpoint, reconcile_best, resolve_resume_path, seed_everything
+from .tokenize_collate import TokenizeCollate
+from .config_values import flag, positive_number, resolve_workers, whole_number
 from data.splits import build_split, dataset_root, val_split_name
 from .evaluation_sharded import evaluate_distributed_with_postprocessing
 from .evaluation import Postprocess, draw_querybank
 from .distributed import (DistInfo, all_gather_with_grad, barrier, broadcast_object, broadcast_parameters,
                           init_distributed, main_process_first, shutdown, wrap_ddp)
-from ..cpu_memory import keep_freed_memory
+from ..core.cpu_memory import keep_freed_memory
 from .optim import build_optimizer, build_scheduler, pretrained_names
 from .precision import grad_scaler, resolve_device, resolve_precision
 from .sampler import EpochSampler
@@ -57,14 +56,6 @@ def check_counts(config: Mapping) -> None:
     workers = (config.get("trainer") or {}).get("num_workers")
     if workers not in (None, "auto"):
         whole_number(workers, "trainer.num_workers", 0)
-
-
-def resolve_workers(value, processes_per_node: int = 1) -> int:
-    """``auto``: this process's share of the CPU cores (cores / processes on the node), at
-    most 8 -- enough to feed one GPU from cached or pre-extracted frames."""
-    if value in (None, "auto"):
-        return max(1, min(8, (os.cpu_count() or 1) // max(processes_per_node, 1)))
-    return whole_number(value, "trainer.num_workers (auto or a count)", 0)
 
 
 def _loader(dataset, batch_size, collate, num_workers, device, sampler=None):

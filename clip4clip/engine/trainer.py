@@ -16,10 +16,10 @@ from typing import Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import NonFiniteLossError  # noqa: F401  (raised here; tests import it from the trainer)
+from ..core.errors import NonFiniteLossError  # noqa: F401  (raised here; tests import it from the trainer)
 from ..metrics import format_table
 from ..model import MAX_LOGIT_SCALE
-from .checkpoint import BEST_PENDING, FORMAT, atomic_save, promote_best, rng_state, set_rng_state
+from .saving import BEST_PENDING, FORMAT, atomic_save, promote_best, rng_state, set_rng_state
 from .evaluation_sharded import evaluate_distributed
 from .distributed import DistInfo, all_ranks_true, gather_objects
 from .evaluation import similarity_matrix
@@ -139,14 +139,14 @@ class Trainer:
         """Full state dict, or only the trainable part for adapter runs (small files)."""
         core = self.model_core()
         if self.extra_state.get("weights") == "trainable":
-            from adapters import trainable_state_dict
+            from ..weights.adapter_state import trainable_state_dict
             return trainable_state_dict(core)
         return core.state_dict()
 
     def load_weights(self, ckpt: dict) -> None:
         core = self.model_core()
         if ckpt.get("weights") == "trainable":
-            from adapters import load_trainable_state_dict
+            from ..weights.adapter_state import load_trainable_state_dict
             load_trainable_state_dict(core, ckpt["model"])
         else:
             core.load_state_dict(ckpt["model"])
@@ -373,7 +373,7 @@ class Trainer:
                 item = dataset[first_item_of[vid]]
                 video = item["video"]
                 if video.dtype == torch.uint8:  # dataset built with normalize=False
-                    from data.transforms import normalize_uint8
+                    from data.video.transforms import normalize_uint8
                     video = normalize_uint8(video)
                 strips.append(frame_strip(video, torch.as_tensor(item["video_mask"])))
             gt = enc.video_ids[int(enc.text_video_index[q])]

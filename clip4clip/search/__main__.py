@@ -118,7 +118,7 @@ def _index(args) -> int:
     encoder = Encoder.load(args.checkpoint, fps=args.fps, max_frames=args.max_frames, moment_fps=args.moment_fps,
                            moment_frames=args.moment_frames, device=args.device, bpe_vocab=args.bpe_vocab)
     if encoder.device.type == "cpu":
-        from ..cpu_memory import keep_freed_memory
+        from ..core.cpu_memory import keep_freed_memory
         keep_freed_memory()  # each batch's freed memory serves the next (no page faults; same embeddings)
     videos = Path(args.videos) if args.videos else _default_library(encoder)
     only = None
@@ -211,7 +211,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if torch_threads:
         import torch
         torch.set_num_threads(torch_threads)
-    from ..errors import user_errors
+    from ..core.errors import user_errors
     with user_errors():
         return {"index": _index, "merge": _merge, "search": _search, "serve": _serve}[args.command](args)
 

@@ -16,11 +16,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from data.keyframes import KeyframeParams
-from data.transforms import pack_clip
+from data.video.keyframes import KeyframeParams
+from data.video.transforms import pack_clip
 
 from ..builder import tokenizer_state
-from ..checkpoints import model_and_tokenizer, read_checkpoint
+from ..weights import model_and_tokenizer, read_checkpoint
 from ..heads import l2_normalize
 from ..model import CLIP4Clip
 
@@ -31,7 +31,7 @@ DEFAULT_MAX_WORDS = 32
 
 @dataclass(frozen=True)
 class Sampling:
-    """Which frames are encoded, in seconds of video (see ``data.video.sample_frame_indices``).
+    """Which frames are encoded, in seconds of video (see ``data.video.decode.sample_frame_indices``).
 
     fps, max_frames, slice_framepos: the frames of the video embedding; the same as the
     evaluation of the checkpoint, so scores mean what the metrics mean.

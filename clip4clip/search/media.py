@@ -1,6 +1,6 @@
 """Reading a library video for the index: the frames to encode, a thumbnail, a playable copy.
 
-Frames come from the data pipeline (``data.video.read_frames``). The evaluation frames of a
+Frames come from the data pipeline (``data.video.decode.read_frames``). The evaluation frames of a
 video are usually a subset of its moment frames (same clock, denser or equal rate), so one
 decoding pass serves both; otherwise, or when the file's metadata proved wrong, the evaluation
 frames are read again on their own (so they are exactly what evaluation would read) and merged
@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from data.video import (VideoInfo, VideoMetadataWarning, VideoReadError, VideoTruncatedWarning,
+from data.video.decode import (VideoInfo, VideoMetadataWarning, VideoReadError, VideoTruncatedWarning,
                         probe_video, read_frames, sample_frame_indices)
 
 from .encoder import Sampling

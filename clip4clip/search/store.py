@@ -33,6 +33,8 @@ from typing import Any, BinaryIO, Callable, Dict, Optional
 
 import numpy as np
 
+from ..core.processes import pid_alive
+
 #: Written into every index. Format 1 (float16 video embeddings) is still read; an index update
 #: re-encodes its videos (keeping their ids), since float16 rows would not rank as evaluation.
 FORMAT = "clip4clip-search/2"
@@ -137,14 +139,9 @@ def _alive(build: Path) -> bool:
     own builds count as dead: callers hold the index lock, so ours is an interrupted run's."""
     try:
         pid = int(build.name.split("-")[1])
-        if pid == os.getpid():
-            return False
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (ValueError, IndexError, PermissionError, OSError):
+    except (ValueError, IndexError):
         return True
-    return True
+    return pid != os.getpid() and pid_alive(pid)
 
 
 def remove_stale(index_dir: Path, keep: Optional[Path] = None) -> None:

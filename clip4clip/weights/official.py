@@ -1,0 +1,66 @@
+"""Checkpoints written by the official CLIP4Clip trainer (``pytorch_model.bin.N``).
+
+They are ``torch.save(model.state_dict())``: CLIP under ``clip.`` in float16, the head's
+modules in float32 under CLIP4Clip's names. Each head says which keys are its own
+(``Head.official_prefixes`` / ``official_keys``) and how they map to its parameters
+(``convert_official``), so nothing here branches on the head type.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Mapping, Optional, Union
+
+import torch
+
+from ..heads import DEFAULT_HEAD, HEADS
+from ..model import CLIP4Clip
+from .clip_state import NON_PARAMETER_KEYS, clip_from_state_dict
+from .files import load_state_checked, read_torch_file
+
+def detect_official_head(non_clip_sd: Mapping[str, torch.Tensor]) -> str:
+    """Which CLIP4Clip head wrote these non-CLIP keys (the default head when there are none)."""
+    for name, head_cls in HEADS.items():
+        if head_cls.official_prefixes and any(k.startswith(head_cls.official_prefixes) for k in non_clip_sd):
+            return name
+    return DEFAULT_HEAD
+
+
+def load_official_checkpoint(path: Union[str, os.PathLike, Mapping], where: Optional[str] = None,
+                             **head_kwargs) -> CLIP4Clip:
+    """A CLIP4Clip model from an official checkpoint file (or its state dict). The head is
+    detected from the keys: ``transformerClip.*`` -> seqTransf, ``lstm_visual.*`` -> seqLSTM,
+    ``cross.*`` / ``similarity_dense.*`` -> tightTransf, none -> meanP. Every key must be used."""
+    sd = path if isinstance(path, Mapping) else _read(path)
+    where = where or ("checkpoint" if isinstance(path, Mapping) else str(path))
+    odd = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise ValueError(f"{where}: keys {odd[:5]} hold no tensor; expected a state dict of tensors")
+    clip_sd = {k[len("clip."):]: v.float() if torch.is_floating_point(v) else v
+               for k, v in sd.items() if k.startswith("clip.") and k[len("clip."):] not in NON_PARAMETER_KEYS}
+    rest = {k: v for k, v in sd.items() if not k.startswith("clip.")}
+    if not clip_sd:
+        raise ValueError(f"{where} has no 'clip.*' keys: not an official CLIP4Clip checkpoint "
+                         f"(first keys: {sorted(sd)[:5]})")
+    head_name = detect_official_head(rest)
+    kwargs = {**HEADS[head_name].official_kwargs(rest), **head_kwargs}
+    try:
+        clip = clip_from_state_dict(clip_sd)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{where}: the 'clip.*' weights do not form a CLIP model: {e}") from e
+    model = CLIP4Clip.from_clip(clip, head_name, init_head_from_clip=False, **kwargs)
+    unknown = sorted(set(rest) - model.head.official_keys(rest))
+    if unknown:
+        raise ValueError(f"{where}: unexpected keys for a {head_name} checkpoint: {unknown}")
+    converted = model.head.convert_official(rest)
+    load_state_checked(model.head, {k: v.float() for k, v in converted.items()}, f"{where} ({head_name} head)")
+    return model
+
+
+def _read(path) -> Dict[str, torch.Tensor]:
+    sd = read_torch_file(path, "CLIP4Clip checkpoint")  # never runs code from the file
+    if not isinstance(sd, Mapping):
+        raise ValueError(f"{path} does not hold a state dict (got {type(sd).__name__})")
+    return dict(sd)
+
+
+__all__ = ["detect_official_head", "load_official_checkpoint"]

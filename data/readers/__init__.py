@@ -1,0 +1,1 @@
+"""Dataset readers: one file per benchmark on ``base.VideoTextDataset``, annotation parsing, batching."""

@@ -1,0 +1,1 @@
+"""The built-in synthetic dataset: rendered clips with compositional captions, generated once."""

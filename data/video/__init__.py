@@ -1,0 +1,1 @@
+"""Video decoding, frame-index rules, keyframe selection, exact seeking, CLIP preprocessing."""
