@@ -1,53 +1,13 @@
-"""The layering holds (model code never reaches up into the engine), and one loader serves
-every entry point: evaluate.py takes a run folder as search does."""
-import ast
-from pathlib import Path
-
+"""One loader serves every entry point: evaluate.py takes a run folder as search does; one
+frame-sampling conversion serves datasets, extraction and search. (The layering itself is
+tests/test_layers.py.)"""
 import pytest
 
 from clip4clip.weights import load_model, read_checkpoint
 from clip4clip.engine.evaluate_job import run_evaluation
 from clip4clip.engine.train_job import run_training
 from data import KeyframeParams
-from framework_utils import REPO, compose_cfg, tiny_train_overrides
-
-
-def _imports(path: Path):
-    """Absolute module names imported by a file (relative imports resolved)."""
-    tree = ast.parse(path.read_text())
-    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            yield from (a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                yield ".".join(base + ([node.module] if node.module else []))
-            else:
-                yield node.module or ""
-
-
-def test_only_the_engine_imports_the_engine():
-    offenders = []
-    for path in (REPO / "clip4clip").rglob("*.py"):
-        if "engine" in path.relative_to(REPO / "clip4clip").parts:
-            continue
-        for name in _imports(path):
-            if name == "clip4clip.engine" or name.startswith("clip4clip.engine."):
-                offenders.append(f"{path.relative_to(REPO)} imports {name}")
-    for path in list((REPO / "data").rglob("*.py")) + list((REPO / "adapters").rglob("*.py")):
-        for name in _imports(path):
-            if name.startswith("clip4clip.engine"):
-                offenders.append(f"{path.relative_to(REPO)} imports {name}")
-    assert not offenders, offenders
-
-
-def test_model_code_imports_no_hydra_and_no_process_groups():
-    model_files = [REPO / "clip4clip" / "model.py", *(REPO / "clip4clip" / "heads").glob("*.py"),
-                   *(REPO / "clip4clip" / "clip").glob("*.py")]
-    for path in model_files:
-        names = list(_imports(path))
-        assert not [n for n in names if n.startswith(("hydra", "omegaconf", "torch.distributed"))], path
+from framework_utils import compose_cfg, tiny_train_overrides
 
 
 def test_frame_sampling_comes_from_one_conversion():
