@@ -25,3 +25,29 @@ def test_files_written_by_the_old_layout_load_and_score_as_they_did(source):
     torch.testing.assert_close(text, expected["text_emb"], rtol=0, atol=1e-6)
     torch.testing.assert_close(video, expected["video_emb"], rtol=0, atol=1e-6)
     torch.testing.assert_close(sim, expected["similarity"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("weights", ["../checkpoint.pt", "/etc/passwd", "sub/model.safetensors", "", 3, ".."])
+def test_an_export_cannot_point_its_weights_outside_its_folder(tmp_path, weights):
+    import json
+    import shutil
+
+    folder = tmp_path / "export"
+    shutil.copytree(LEGACY / "export", folder)
+    shutil.copy(LEGACY / "checkpoint.pt", tmp_path / "checkpoint.pt")
+    meta = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**meta, "weights": weights}))
+    with pytest.raises(ValueError, match=r"config\.json: 'weights' is .*expected the name of a file in"):
+        load_model(folder)
+
+
+def test_an_export_weights_link_leading_outside_is_refused(tmp_path):
+    import shutil
+
+    folder = tmp_path / "export"
+    shutil.copytree(LEGACY / "export", folder)
+    outside = tmp_path / "elsewhere.safetensors"
+    (folder / "model.safetensors").rename(outside)
+    (folder / "model.safetensors").symlink_to(outside)
+    with pytest.raises(ValueError, match="is a link to .* outside"):
+        load_model(folder)

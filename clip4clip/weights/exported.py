@@ -50,8 +50,20 @@ def read_export(folder: Path) -> Tuple[dict, Dict[str, torch.Tensor]]:
     for key in ("model_args", "tokenizer"):
         if key not in meta:
             raise ValueError(f"{cfg}: '{key}' is missing")
-    weights = folder / meta.get("weights", WEIGHTS_FILE)
-    return meta, read_weights_file(weights, "exported weights file")
+    return meta, read_weights_file(_weights_path(folder, meta.get("weights", WEIGHTS_FILE), cfg),
+                                   "exported weights file")
+
+
+def _weights_path(folder: Path, name, cfg: Path) -> Path:
+    """config.json's ``weights``: a file name inside the export folder, never a path that
+    leads out of it (a shared folder must not make us read, say, /etc/... or ../other.pt)."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"{cfg}: 'weights' is {name!r}; expected the name of a file in {folder} "
+                         f"(e.g. {WEIGHTS_FILE!r}), not a path")
+    path = folder / name
+    if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"{cfg}: 'weights' {name!r} is a link to {path.resolve()}, outside {folder}")
+    return path
 
 
 def load_exported(folder: Union[str, os.PathLike]) -> Tuple[torch.nn.Module, dict, dict]:
