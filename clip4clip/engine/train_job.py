@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -115,75 +115,26 @@ def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
 
 
 def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    tr, opt, mcfg, dcfg = config["trainer"], config["optim"], config["model"], config["dataset"]
-    # Only rank 0 writes; the others use its folder (Hydra gives each process its own timestamp).
-    out = Path(broadcast_object(str(check_output_dir(config["paths"]["output_dir"], ("checkpoints",)))
-                                if info.is_main else None))
-    if info.is_main:  # debris of writes killed in an earlier run of this folder
-        for folder in (out, out / "checkpoints"):
-            remove_stale_tmp(folder)
-    batch_size = per_rank_batch(int(tr["batch_size"]), info)
-    resume_ckpt = None
-    if tr.get("resume"):
-        resume_ckpt = load_checkpoint(resolve_resume_path(tr["resume"]))
-    if tr.get("threads"):
-        torch.set_num_threads(int(tr["threads"]))
-    if tr.get("keep_freed_memory", True) and device.type == "cpu":  # a bool: checked in run_training
-        keep_freed_memory()  # ~10% of a CPU step was page faults on memory freed by the last one
-    seed_everything(int(config["seed"]))
-    precision = resolve_precision(tr["precision"], device)
-    progress = bool(tr.get("progress", True)) and info.is_main
-    if resolve_normalize_on_device(tr.get("normalize_on_device", "auto"), device):
-        dcfg = {**dcfg, "normalize": False}  # uint8 frames: 4x less to copy; normalised on the device
-
-    with main_process_first(info):  # rank 0 generates / downloads, the others then read
-        root = dataset_root(dcfg, progress=progress)
-    image_size = int(mcfg["image_size"])
-    seed = int(config["seed"])
-    train_ds = build_split(dcfg, root, "train", image_size, seed, progress)
-    val_name = val_split_name(dcfg)
-    val_ds = build_split(dcfg, root, val_name, image_size, seed, progress) if val_name else None
-    # Built (and its videos checked) now, not after the whole training run.
-    test_ds = build_split(dcfg, root, "test", image_size, seed, progress)
-
-    init = read_init_checkpoint(mcfg)  # model.init_checkpoint, read once
-    tok_state = resume_ckpt.get("tokenizer") if resume_ckpt else (init or {}).get("tokenizer")
-    if tok_state and tok_state.get("kind") == "clip":
-        tok_state = None
-    tokenizer = build_tokenizer(mcfg, train_texts=[c for caps in train_ds.captions.values() for c in caps],
-                                state=tok_state)
-    acfg = config.get("adapter") or {"name": "none"}
-    with main_process_first(info):
-        model = build_model(mcfg, vocab_size=tokenizer.vocab_size, adapter_cfg=acfg, init_state=init)
-    if model.clip.visual.input_resolution != image_size:
-        raise ValueError(f"model.image_size={image_size} but the CLIP model takes "
-                         f"{model.clip.visual.input_resolution}px images; set model.image_size accordingly")
-    model.check_frames(train_ds.max_frames)
-    args = model_args(model, mcfg, acfg)
-    if resume_ckpt is not None and resume_ckpt.get("model_args") != args:
-        raise ValueError(f"trainer.resume={tr['resume']} holds a different model "
-                         f"({resume_ckpt.get('model_args')}) from this config ({args})")
+    """One training run: prepare the folder and process, build data, model and optimiser, fit,
+    then test the selected checkpoint."""
+    tr, mcfg = config["trainer"], config["model"]
+    out, resume_ckpt, precision, progress, dcfg = _prepare_run(config, info, device)
+    train_ds, val_ds, test_ds = _datasets(dcfg, config, info, progress)
+    model, tokenizer, args = _model(config, train_ds, resume_ckpt, info)
     model.to(device)
 
     collate = TokenizeCollate(tokenizer, int(mcfg["max_words"]))
     # Round-robin shards: the ranks' k-th batches together are the single process's k-th batch.
-    sampler = EpochSampler(len(train_ds), seed=seed, shuffle=True, rank=info.rank, world_size=info.world_size,
-                           shuffle_block=int(tr.get("shuffle_block", 1)))
+    sampler = EpochSampler(len(train_ds), seed=int(config["seed"]), shuffle=True, rank=info.rank,
+                           world_size=info.world_size, shuffle_block=int(tr.get("shuffle_block", 1)))
     workers = resolve_workers(tr["num_workers"], info.local_world_size)
-    train_loader = _loader(train_ds, batch_size, collate, workers, device, sampler=sampler)
+    train_loader = _loader(train_ds, per_rank_batch(int(tr["batch_size"]), info), collate, workers, device,
+                           sampler=sampler)
     eval_options = {"tokenizer": tokenizer, "max_words": int(mcfg["max_words"]),
                     "batch_size": int(tr["eval_batch_size"]), "num_workers": workers}
     post = Postprocess.from_config(config.get("eval"))  # the final test's post-processing, checked now
 
-    optimizer = build_optimizer(model, lr=float(opt["lr"]), coef_lr=float(opt["coef_lr"]),
-                                pretrained=pretrained_names(model),
-                                weight_decay=float(opt["weight_decay"]), betas=opt["betas"],
-                                eps=float(opt["eps"]), fused=device.type in ("cuda", "cpu"),
-                                hold_text_steps=int(opt.get("hold_text_steps", 0) or 0))
-    total_steps = int(tr["epochs"]) * len(train_loader)
-    scheduler = build_scheduler(optimizer, total_steps, float(opt["warmup_proportion"]),
-                                float(opt.get("min_lr_ratio", 0.0)),
-                                release_ramp_steps=int(opt.get("hold_text_ramp_steps", 0) or 0))
+    optimizer, scheduler = _optimisation(model, config["optim"], int(tr["epochs"]) * len(train_loader), device)
     scaler = grad_scaler(device, precision)
     compile_backend = tr.get("compile")
     if compile_backend:  # in place: parameter names (and so checkpoints) stay as they are
@@ -195,6 +146,99 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
     if info.is_main:
         save_config(config, out)
     logger = Logger(str(out / "tensorboard") if tr.get("tensorboard", True) and info.is_main else None)
+    acfg = config.get("adapter") or {"name": "none"}
+    _report_parameters(model, args, acfg, info, logger, train_loader.batch_size)
+    extra = {"model_args": args, "tokenizer": tokenizer_state(tokenizer),
+             "weights": "trainable" if acfg.get("save_trainable_only") and _base_recoverable(mcfg) else "full"}
+    trainer = Trainer(TrainParts(train_model, optimizer, scheduler, scaler, train_loader, sampler, loss_fn),
+                      TrainOptions.from_config(config, precision, progress), device=device, out_dir=out,
+                      config=config, extra_state=extra, val_dataset=val_ds, eval_options=eval_options,
+                      logger=logger, dist=info)
+    if resume_ckpt is not None:
+        _resume(trainer, resume_ckpt, tr["resume"], out, info)
+    state = trainer.fit()
+    metrics = _final_test(trainer, model, state, train_ds, test_ds, post, eval_options, info, device,
+                          precision, progress, logger, out)
+    logger.close()
+    return metrics, {"model": model, "tokenizer": tokenizer, "trainer": trainer, "output_dir": out}
+
+
+def _prepare_run(config: dict, info: DistInfo, device: torch.device):
+    """The run folder (rank 0's, shared), the checkpoint to resume, process settings and seed.
+    -> (out, resume checkpoint or None, precision, progress, dataset config)."""
+    tr, dcfg = config["trainer"], config["dataset"]
+    # Only rank 0 writes; the others use its folder (Hydra gives each process its own timestamp).
+    out = Path(broadcast_object(str(check_output_dir(config["paths"]["output_dir"], ("checkpoints",)))
+                                if info.is_main else None))
+    if info.is_main:  # debris of writes killed in an earlier run of this folder
+        for folder in (out, out / "checkpoints"):
+            remove_stale_tmp(folder)
+    resume_ckpt = load_checkpoint(resolve_resume_path(tr["resume"])) if tr.get("resume") else None
+    if tr.get("threads"):
+        torch.set_num_threads(int(tr["threads"]))
+    if tr.get("keep_freed_memory", True) and device.type == "cpu":  # a bool: checked in run_training
+        keep_freed_memory()  # ~10% of a CPU step was page faults on memory freed by the last one
+    seed_everything(int(config["seed"]))
+    precision = resolve_precision(tr["precision"], device)
+    progress = bool(tr.get("progress", True)) and info.is_main
+    if resolve_normalize_on_device(tr.get("normalize_on_device", "auto"), device):
+        dcfg = {**dcfg, "normalize": False}  # uint8 frames: 4x less to copy; normalised on the device
+    return out, resume_ckpt, precision, progress, dcfg
+
+
+def _datasets(dcfg: dict, config: dict, info: DistInfo, progress: bool):
+    """(train, val or None, test): all built, and their videos checked, before training starts."""
+    with main_process_first(info):  # rank 0 generates / downloads, the others then read
+        root = dataset_root(dcfg, progress=progress)
+    image_size, seed = int(config["model"]["image_size"]), int(config["seed"])
+    train_ds = build_split(dcfg, root, "train", image_size, seed, progress)
+    val_name = val_split_name(dcfg)
+    val_ds = build_split(dcfg, root, val_name, image_size, seed, progress) if val_name else None
+    # Built (and its videos checked) now, not after the whole training run.
+    test_ds = build_split(dcfg, root, "test", image_size, seed, progress)
+    return train_ds, val_ds, test_ds
+
+
+def _model(config: dict, train_ds, resume_ckpt: Optional[dict], info: DistInfo):
+    """Tokenizer and model (with their first weights), checked against the data and against the
+    checkpoint being resumed. -> (model, tokenizer, model_args)."""
+    mcfg, tr = config["model"], config["trainer"]
+    init = read_init_checkpoint(mcfg)  # model.init_checkpoint, read once
+    tok_state = resume_ckpt.get("tokenizer") if resume_ckpt else (init or {}).get("tokenizer")
+    if tok_state and tok_state.get("kind") == "clip":
+        tok_state = None
+    tokenizer = build_tokenizer(mcfg, train_texts=[c for caps in train_ds.captions.values() for c in caps],
+                                state=tok_state)
+    acfg = config.get("adapter") or {"name": "none"}
+    with main_process_first(info):
+        model = build_model(mcfg, vocab_size=tokenizer.vocab_size, adapter_cfg=acfg, init_state=init)
+    image_size = int(mcfg["image_size"])
+    if model.clip.visual.input_resolution != image_size:
+        raise ValueError(f"model.image_size={image_size} but the CLIP model takes "
+                         f"{model.clip.visual.input_resolution}px images; set model.image_size accordingly")
+    model.check_frames(train_ds.max_frames)
+    args = model_args(model, mcfg, acfg)
+    if resume_ckpt is not None and resume_ckpt.get("model_args") != args:
+        raise ValueError(f"trainer.resume={tr['resume']} holds a different model "
+                         f"({resume_ckpt.get('model_args')}) from this config ({args})")
+    return model, tokenizer, args
+
+
+def _optimisation(model, opt: dict, total_steps: int, device: torch.device):
+    """CLIP4Clip's AdamW (pretrained weights at lr * coef_lr) and its warmup-cosine schedule."""
+    optimizer = build_optimizer(model, lr=float(opt["lr"]), coef_lr=float(opt["coef_lr"]),
+                                pretrained=pretrained_names(model),
+                                weight_decay=float(opt["weight_decay"]), betas=opt["betas"],
+                                eps=float(opt["eps"]), fused=device.type in ("cuda", "cpu"),
+                                hold_text_steps=int(opt.get("hold_text_steps", 0) or 0))
+    scheduler = build_scheduler(optimizer, total_steps, float(opt["warmup_proportion"]),
+                                float(opt.get("min_lr_ratio", 0.0)),
+                                release_ramp_steps=int(opt.get("hold_text_ramp_steps", 0) or 0))
+    return optimizer, scheduler
+
+
+def _report_parameters(model, args: dict, acfg: dict, info: DistInfo, logger: Logger, batch_size: int) -> None:
+    """What trains: printed once and written to TensorBoard."""
     from adapters import format_parameter_summary, parameter_summary
     summary = parameter_summary(model)
     if info.is_main:
@@ -204,23 +248,21 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
               + (f"; {info.world_size} processes x batch {batch_size}" if info.enabled else ""), flush=True)
     logger.text("run/parameters", f"total {summary['total']}, trainable {summary['trainable']} "
                 f"({summary['percent']:.2f}%)", 0)
-    extra = {"model_args": args, "tokenizer": tokenizer_state(tokenizer),
-             "weights": "trainable" if acfg.get("save_trainable_only") and _base_recoverable(mcfg) else "full"}
-    trainer = Trainer(TrainParts(train_model, optimizer, scheduler, scaler, train_loader, sampler, loss_fn),
-                      TrainOptions.from_config(config, precision, progress), device=device, out_dir=out,
-                      config=config, extra_state=extra, val_dataset=val_ds, eval_options=eval_options,
-                      logger=logger, dist=info)
-    if resume_ckpt is not None:
-        trainer.restore(resume_ckpt)
-        if info.is_main:
-            # best.pt must be the epoch last.pt names (a kill between the two writes is repaired).
-            note = reconcile_best(resolve_resume_path(tr["resume"]).parent, asdict(trainer.state),
-                                  into=out / "checkpoints")
-            print(f"resumed from {tr['resume']} at epoch {trainer.state.epoch}, step {trainer.state.step}"
-                  + (f"; {note}" if note else ""), flush=True)
-    state = trainer.fit()
 
-    # Final test of the selected checkpoint: rank 0 reads it, every rank gets its weights.
+
+def _resume(trainer: Trainer, resume_ckpt: dict, resume: str, out: Path, info: DistInfo) -> None:
+    trainer.restore(resume_ckpt)
+    if info.is_main:
+        # best.pt must be the epoch last.pt names (a kill between the two writes is repaired).
+        note = reconcile_best(resolve_resume_path(resume).parent, asdict(trainer.state), into=out / "checkpoints")
+        print(f"resumed from {resume} at epoch {trainer.state.epoch}, step {trainer.state.step}"
+              + (f"; {note}" if note else ""), flush=True)
+
+
+def _final_test(trainer: Trainer, model, state: dict, train_ds, test_ds, post, eval_options: dict, info: DistInfo,
+                device: torch.device, precision, progress: bool, logger: Logger, out: Path) -> Dict[str, Any]:
+    """Test the selected checkpoint (rank 0 reads it, every rank gets its weights), plain and
+    post-processed side by side; metrics.json written by rank 0."""
     barrier()
     if info.is_main:
         best = load_checkpoint(out / "checkpoints" / "best.pt")
@@ -249,5 +291,4 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
         for name, m in test_post.metrics.items():
             logger.metrics(m, state["step"], prefix=f"test_postprocessed/{name}")
         write_json(metrics, out / "metrics.json")
-    logger.close()
-    return metrics, {"model": model, "tokenizer": tokenizer, "trainer": trainer, "output_dir": out}
+    return metrics
