@@ -112,45 +112,11 @@ def download_file(
 
     try:
         with open(tmp, "wb") as out:
-            request = urllib.request.Request(url, headers={"User-Agent": "clip4clip"})
-            try:
-                response = urllib.request.urlopen(request, timeout=timeout)
-            except urllib.error.HTTPError as e:
-                raise fail(f"HTTP {e.code} {e.reason}") from e
-            except urllib.error.URLError as e:
-                raise fail(str(e.reason)) from e
-            except (OSError, http.client.HTTPException) as e:  # timeouts, resets, bad replies
-                raise fail(f"{type(e).__name__}: {e}") from e
-
-            with response:
-                length = response.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                digest = hashlib.sha256()
-                received = 0
-                with tqdm(
-                    total=total,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=dest.name,
-                    disable=not progress,
-                ) as bar:
-                    while True:
-                        try:
-                            chunk = response.read(_CHUNK_BYTES)
-                        except (OSError, http.client.HTTPException) as e:
-                            raise fail(f"connection failed after {received} bytes: {e!r}") from e
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        digest.update(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
+            with _open_url(url, timeout, fail) as response:
+                total, received, actual = _stream(response, out, dest.name, progress, fail)
             # http.client returns a short body without error when the peer closes early.
             if total is not None and received != total:
                 raise fail(f"connection closed after {received} of {total} bytes")
-
-        actual = digest.hexdigest()
         if expected is not None and actual != expected:
             raise ChecksumError(
                 f"SHA256 mismatch for {url}: expected {expected}, got {actual}. "
@@ -163,6 +129,41 @@ def download_file(
         tmp.unlink(missing_ok=True)
         raise
     return dest
+
+
+def _open_url(url: str, timeout: float, fail):
+    """The HTTP response (a context manager); every way of failing to connect becomes ``fail``'s error."""
+    request = urllib.request.Request(url, headers={"User-Agent": "clip4clip"})
+    try:
+        return urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        raise fail(f"HTTP {e.code} {e.reason}") from e
+    except urllib.error.URLError as e:
+        raise fail(str(e.reason)) from e
+    except (OSError, http.client.HTTPException) as e:  # timeouts, resets, bad replies
+        raise fail(f"{type(e).__name__}: {e}") from e
+
+
+def _stream(response, out, name: str, progress: bool, fail):
+    """Copy the body into ``out`` in chunks, hashing it, with a progress bar.
+    -> (Content-Length or None, bytes received, SHA256 hex digest)."""
+    length = response.headers.get("Content-Length")
+    total = int(length) if length and length.isdigit() else None
+    digest = hashlib.sha256()
+    received = 0
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=not progress) as bar:
+        while True:
+            try:
+                chunk = response.read(_CHUNK_BYTES)
+            except (OSError, http.client.HTTPException) as e:
+                raise fail(f"connection failed after {received} bytes: {e!r}") from e
+            if not chunk:
+                break
+            out.write(chunk)
+            digest.update(chunk)
+            received += len(chunk)
+            bar.update(len(chunk))
+    return total, received, digest.hexdigest()
 
 
 def ensure_file(
