@@ -253,78 +253,97 @@ def extract_to_cache(
     t0 = time.perf_counter()
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = cache_params(settings.keyframes, settings.size)
     report = ExtractReport(out_dir)
     with _Lock(out_dir):
         for sub in (out_dir, out_dir / "npy", out_dir / "jpeg"):
             remove_stale_tmp(sub)  # debris of killed runs
-        manifest = load_manifest(out_dir)
-        if manifest is not None and manifest.get("params") != params:
-            diffs = _param_diffs(manifest.get("params", {}), params)
-            if not settings.overwrite:
-                raise ValueError(f"{out_dir} holds a frame cache extracted with other settings ({'; '.join(diffs)}); "
-                                 "choose another out folder, or pass overwrite=true to replace it")
-            manifest = None
-        manifest = manifest or new_manifest(params)
-        entries: dict[str, dict] = manifest["videos"]
-        previous_failures = _load_failures(out_dir)
-
-        failed: dict[str, dict] = {}
-        for vid, shown in (missing or {}).items():
-            if vid in entries and _is_current(entries[vid], None, out_dir, settings.formats):
-                report.skipped.append(vid)  # the source is gone but its frames are cached
-            else:
-                failed[vid] = {"source": str(shown), "reason": "file does not exist"}
-        todo = []
-        for vid, path in videos.items():
-            if vid in entries and _is_current(entries[vid], path, out_dir, settings.formats):
-                report.skipped.append(vid)
-            elif vid in previous_failures and not settings.retry_failed:
-                failed[vid] = previous_failures[vid]
-            else:
-                todo.append((vid, Path(path), out_dir, settings))
-
-        last_save, save_cost = time.perf_counter(), 0.0
-
-        def save() -> None:
-            nonlocal last_save, save_cost
-            s0 = time.perf_counter()
-            save_manifest(out_dir, manifest)
-            atomic_write_text(out_dir / FAILURES, json.dumps(dict(sorted(failed.items())), indent=1) + "\n")
-            last_save, save_cost = time.perf_counter(), time.perf_counter() - s0
-
-        bar = tqdm(total=len(todo), desc=f"{settings.keyframes.scheme} keyframes", unit="video",
-                   disable=not settings.progress)
-        pool = None
-        try:
-            if settings.workers and len(todo) > 1:
-                method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-                pool = mp.get_context(method).Pool(min(settings.workers, len(todo)), initializer=_worker_init)
-                results = pool.imap_unordered(_run_task, todo)
-            else:
-                results = (_run_task(t) for t in todo)
-            for res in results:
-                vid = res["video_id"]
-                if "entry" in res:
-                    entries[vid] = res["entry"]  # files are complete: now the entry may exist
-                    failed.pop(vid, None)
-                    report.extracted.append(vid)
-                else:
-                    entries.pop(vid, None)
-                    failed[vid] = res["failure"]
-                bar.update(1)
-                bar.set_postfix(failed=len(failed), refresh=False)
-                # Saving costs O(entries); keep it under ~5% of the run however large the manifest.
-                if time.perf_counter() - last_save > max(settings.save_every_s, 20 * save_cost):
-                    save()
-            if pool is not None:
-                pool.close()
-                pool.join()
-        finally:
-            if pool is not None:
-                pool.terminate()
-            bar.close()
-            save()  # what is complete stays complete, also on Ctrl-C
+        manifest = _open_manifest(out_dir, settings)
+        failed, todo = _plan(videos, missing, manifest["videos"], out_dir, settings, report)
+        _run(todo, manifest, failed, out_dir, settings, report)
         report.failed = failed
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _open_manifest(out_dir: Path, settings: ExtractSettings) -> dict:
+    """The folder's manifest, or a new one; a cache made with other parameters is refused
+    (or, with ``settings.overwrite``, started afresh)."""
+    params = cache_params(settings.keyframes, settings.size)
+    manifest = load_manifest(out_dir)
+    if manifest is not None and manifest.get("params") != params:
+        diffs = _param_diffs(manifest.get("params", {}), params)
+        if not settings.overwrite:
+            raise ValueError(f"{out_dir} holds a frame cache extracted with other settings ({'; '.join(diffs)}); "
+                             "choose another out folder, or pass overwrite=true to replace it")
+        manifest = None
+    return manifest or new_manifest(params)
+
+
+def _plan(videos: dict[str, Path], missing: dict[str, str] | None, entries: dict[str, dict], out_dir: Path,
+          settings: ExtractSettings, report: ExtractReport) -> tuple[dict[str, dict], list]:
+    """What to do with each video: skip (cached and current), keep an earlier failure (unless
+    ``retry_failed``), or extract. -> (failures so far, tasks)."""
+    previous_failures = _load_failures(out_dir)
+    failed: dict[str, dict] = {}
+    for vid, shown in (missing or {}).items():
+        if vid in entries and _is_current(entries[vid], None, out_dir, settings.formats):
+            report.skipped.append(vid)  # the source is gone but its frames are cached
+        else:
+            failed[vid] = {"source": str(shown), "reason": "file does not exist"}
+    todo = []
+    for vid, path in videos.items():
+        if vid in entries and _is_current(entries[vid], path, out_dir, settings.formats):
+            report.skipped.append(vid)
+        elif vid in previous_failures and not settings.retry_failed:
+            failed[vid] = previous_failures[vid]
+        else:
+            todo.append((vid, Path(path), out_dir, settings))
+    return failed, todo
+
+
+def _run(todo: list, manifest: dict, failed: dict[str, dict], out_dir: Path, settings: ExtractSettings,
+         report: ExtractReport) -> None:
+    """Extract ``todo`` (in worker processes when asked), recording each result as it arrives and
+    saving the manifest and failures.json now and then and at the end, also on Ctrl-C."""
+    entries: dict[str, dict] = manifest["videos"]
+    last_save, save_cost = time.perf_counter(), 0.0
+
+    def save() -> None:
+        nonlocal last_save, save_cost
+        s0 = time.perf_counter()
+        save_manifest(out_dir, manifest)
+        atomic_write_text(out_dir / FAILURES, json.dumps(dict(sorted(failed.items())), indent=1) + "\n")
+        last_save, save_cost = time.perf_counter(), time.perf_counter() - s0
+
+    bar = tqdm(total=len(todo), desc=f"{settings.keyframes.scheme} keyframes", unit="video",
+               disable=not settings.progress)
+    pool = None
+    try:
+        if settings.workers and len(todo) > 1:
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            pool = mp.get_context(method).Pool(min(settings.workers, len(todo)), initializer=_worker_init)
+            results = pool.imap_unordered(_run_task, todo)
+        else:
+            results = (_run_task(t) for t in todo)
+        for res in results:
+            vid = res["video_id"]
+            if "entry" in res:
+                entries[vid] = res["entry"]  # files are complete: now the entry may exist
+                failed.pop(vid, None)
+                report.extracted.append(vid)
+            else:
+                entries.pop(vid, None)
+                failed[vid] = res["failure"]
+            bar.update(1)
+            bar.set_postfix(failed=len(failed), refresh=False)
+            # Saving costs O(entries); keep it under ~5% of the run however large the manifest.
+            if time.perf_counter() - last_save > max(settings.save_every_s, 20 * save_cost):
+                save()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    finally:
+        if pool is not None:
+            pool.terminate()
+        bar.close()
+        save()  # what is complete stays complete, also on Ctrl-C
