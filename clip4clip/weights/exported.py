@@ -13,7 +13,7 @@ from typing import Dict, Tuple, Union
 
 import torch
 
-from .files import read_weights_file
+from .files import file_in_folder, read_weights_file
 from .rebuild import model_with_state
 
 __all__ = ["CONFIG_FILE", "EXPORT_FORMAT", "WEIGHTS_FILE", "is_exported_folder", "load_exported", "read_export"]
@@ -55,12 +55,9 @@ def read_export(folder: Path) -> Tuple[dict, Dict[str, torch.Tensor]]:
 
 
 def _weights_path(folder: Path, name, cfg: Path) -> Path:
-    """config.json's ``weights``: a file name inside the export folder, never a path that
-    leads out of it (a shared folder must not make us read, say, /etc/... or ../other.pt)."""
-    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
-        raise ValueError(f"{cfg}: 'weights' is {name!r}; expected the name of a file in {folder} "
-                         f"(e.g. {WEIGHTS_FILE!r}), not a path")
-    path = folder / name
+    """config.json's ``weights``: a file in the export folder, and not a link leading out of it
+    (a shared folder must not make us read, say, /etc/... or ../other.pt)."""
+    path = file_in_folder(folder, name, cfg, "weights")
     if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
         raise ValueError(f"{cfg}: 'weights' {name!r} is a link to {path.resolve()}, outside {folder}")
     return path

@@ -28,8 +28,8 @@ import torch
 
 from .torchscript import is_torchscript_archive, read_torchscript_state_dict
 
-__all__ = ["CheckpointReadError", "is_safetensors_file", "load_state_checked", "read_torch_file",
-           "read_weights_file"]
+__all__ = ["CheckpointReadError", "file_in_folder", "is_safetensors_file", "load_state_checked", "read_torch_file",
+           "read_weights_file", "regular_file"]
 
 
 class CheckpointReadError(ValueError):
@@ -63,15 +63,32 @@ def _refusal(path: Path, e: pickle.UnpicklingError, what: str) -> str:
             "(only tensors and plain containers are read)")
 
 
+def regular_file(path: Union[str, os.PathLike], what: str) -> Path:
+    """``path`` if it is a regular file (or a link to one). A FIFO, socket or device is refused
+    at once, named: opening a FIFO would block forever waiting for a writer."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is not a regular file (a FIFO, socket or device); expected a file")
+    raise FileNotFoundError(f"{what} not found: {path}" + (" (a folder)" if path.is_dir() else ""))
+
+
+def file_in_folder(folder: Path, name: Any, where: Union[str, os.PathLike], field: str) -> Path:
+    """``folder / name`` for a file name read from a file (``where``'s ``field``): a plain name
+    of a file in ``folder``, never a path leading elsewhere (``../x``, ``/etc/...``, ``sub/x``)."""
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise ValueError(f"{where}: '{field}' is {name!r}; expected the name of a file in {folder}, not a path")
+    return folder / name
+
+
 def read_torch_file(path: Union[str, os.PathLike], what: str = "checkpoint") -> Any:
     """The object stored in ``path``: a ``torch.save`` file read with ``weights_only=True``, or
     the state dict (name -> tensor) of a TorchScript archive.
 
     Raises FileNotFoundError for a missing file, CheckpointReadError (a ValueError) for a file
     that is truncated, corrupt, not a PyTorch file, or that would need code to unpickle."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}" + (" (a folder)" if path.is_dir() else ""))
+    path = regular_file(path, what)
     if is_torchscript_archive(path):
         try:
             return read_torchscript_state_dict(path)
@@ -120,6 +137,8 @@ def is_safetensors_file(path: Union[str, os.PathLike]) -> bool:
     path = Path(path)
     if path.suffix == ".safetensors":
         return True
+    if not path.is_file():  # never open a FIFO to sniff it: that blocks
+        return False
     try:
         with open(path, "rb") as f:
             head = f.read(9)
@@ -136,8 +155,7 @@ def read_weights_file(path: Union[str, os.PathLike], what: str = "CLIP weights f
     path = Path(path)
     if not is_safetensors_file(path):
         return read_torch_file(path, what)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+    regular_file(path, what)
     from safetensors.torch import load_file
 
     try:

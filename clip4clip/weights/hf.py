@@ -26,7 +26,7 @@ from ..clip.towers import CLIPConfig
 from ..core.download import weights_cache_dir
 from ..tokenizer import BPE_VOCAB_ENV, BPE_VOCAB_FILENAME, ClipTokenizer
 from .clip_state import clip_state_dict, with_activation
-from .files import read_weights_file
+from .files import file_in_folder, read_weights_file
 from .openclip import OPEN_CLIP_CONFIG_FILE, OPEN_CLIP_WEIGHT_FILES
 
 __all__ = ["HF_PREFIX", "HF_WEIGHT_FILES", "check_tokenizer_files", "clip_config_from_hf",
@@ -93,7 +93,14 @@ def _weights_present(folder: Path) -> Optional[str]:
 
 
 def _shard_names(index: Path) -> List[str]:
-    weight_map = json.loads(index.read_text()).get("weight_map") or {}
+    """The shard files a ``*.index.json`` names: plain file names beside it, never paths out."""
+    meta = json.loads(index.read_text())
+    weight_map = (meta.get("weight_map") if isinstance(meta, dict) else None) or {}
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index}: 'weight_map' is a {type(weight_map).__name__}; expected a mapping "
+                         "of parameter names to shard file names")
+    for name in weight_map.values():
+        file_in_folder(index.parent, name, index, "weight_map")
     return sorted(set(weight_map.values()))
 
 
