@@ -45,6 +45,16 @@ def test_symlinks_are_followed_inside_the_library_once_and_bad_ones_reported(tmp
     assert "not followed" in why["folder_link"] and "not followed" in why["sub/self"]
 
 
+def test_a_fifo_named_like_a_video_is_reported_not_silently_skipped(tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "real.mp4").write_bytes(b"0" * 10)
+    os.mkfifo(lib / "pipe.mp4")
+    files, skipped = scan_library(lib)  # returns at once: the FIFO is never opened
+    assert [f.relpath for f in files] == ["real.mp4"]
+    assert {s.relpath: s.reason for s in skipped} == {"pipe.mp4": "not a regular file (a FIFO, socket or device)"}
+
+
 def test_a_library_of_bad_files_indexes_every_good_video_and_names_every_bad_one(tmp_path, run):
     lib = tmp_path / "lib"
     (lib / "sub").mkdir(parents=True)

@@ -55,45 +55,66 @@ def scan_library(root: Path, exclude: Sequence[Path] = ()) -> Tuple[List[Library
     seen: Dict[Tuple[int, int], str] = {}  # (device, inode) -> relpath of the file indexed for it
     for dirpath, dirnames, filenames in os.walk(root):  # followlinks=False: links are looked at below
         here = Path(dirpath)
-        keep = []
-        for d in sorted(dirnames):
-            if d.startswith("."):
-                continue
-            if (here / d).is_symlink():
-                rel = _relpath(here / d, root)
-                skipped.append(Skipped(rel if rel is not None else repr((here / d).relative_to(root).as_posix()),
-                                       "symbolic link to a folder: not followed (index the folder it "
-                                       "points to on its own, or link its files)"))
-                continue
-            if Path(os.path.realpath(here / d)) in excluded:
-                continue
-            keep.append(d)
-        dirnames[:] = keep
+        dirnames[:] = _folders_to_walk(here, dirnames, root, excluded, skipped)
         for name in sorted(filenames):
             if name.startswith(".") or not name.lower().endswith(VIDEO_EXTENSIONS):
                 continue
-            path = here / name
-            rel = _relpath(path, root)
-            if rel is None:  # SQLite and URLs need text; undecodable names cannot be stored
-                skipped.append(Skipped(repr(path.relative_to(root).as_posix()), "file name is not valid UTF-8"))
-                continue
-            if path.is_symlink():
-                why, target = _link_target(path, root, excluded)
-                if why:
-                    skipped.append(Skipped(rel, why))
-                else:
-                    links.append((rel, path, target))
-                continue
-            try:
-                st = path.stat()
-            except OSError as e:
-                skipped.append(Skipped(rel, f"cannot stat: {e.strerror}"))
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            seen[(st.st_dev, st.st_ino)] = rel
-            files.append(LibraryFile(rel, path, st.st_size, st.st_mtime_ns))
-    # Links last, so that a file's own name wins over a link to it; among links, the first name.
+            _scan_file(here / name, root, excluded, files, skipped, links, seen)
+    _add_links(links, files, skipped, seen)
+    files.sort(key=lambda f: f.relpath)
+    skipped.sort(key=lambda s: s.relpath)
+    return files, skipped
+
+
+def _folders_to_walk(here: Path, dirnames: Sequence[str], root: Path, excluded: Sequence[Path],
+                     skipped: List[Skipped]) -> List[str]:
+    """The subfolders of ``here`` to descend into: not hidden, not excluded, not links (reported)."""
+    keep = []
+    for d in sorted(dirnames):
+        if d.startswith("."):
+            continue
+        if (here / d).is_symlink():
+            rel = _relpath(here / d, root)
+            skipped.append(Skipped(rel if rel is not None else repr((here / d).relative_to(root).as_posix()),
+                                   "symbolic link to a folder: not followed (index the folder it "
+                                   "points to on its own, or link its files)"))
+            continue
+        if Path(os.path.realpath(here / d)) in excluded:
+            continue
+        keep.append(d)
+    return keep
+
+
+def _scan_file(path: Path, root: Path, excluded: Sequence[Path], files: List[LibraryFile], skipped: List[Skipped],
+               links: List[Tuple[str, Path, Path]], seen: Dict[Tuple[int, int], str]) -> None:
+    """One video-named entry: a regular file is indexed, a link is kept for later (``_add_links``),
+    anything else is skipped with its reason."""
+    rel = _relpath(path, root)
+    if rel is None:  # SQLite and URLs need text; undecodable names cannot be stored
+        skipped.append(Skipped(repr(path.relative_to(root).as_posix()), "file name is not valid UTF-8"))
+        return
+    if path.is_symlink():
+        why, target = _link_target(path, root, excluded)
+        if why:
+            skipped.append(Skipped(rel, why))
+        else:
+            links.append((rel, path, target))
+        return
+    try:
+        st = path.stat()
+    except OSError as e:
+        skipped.append(Skipped(rel, f"cannot stat: {e.strerror}"))
+        return
+    if not stat.S_ISREG(st.st_mode):  # a FIFO named *.mp4 would block the decoder forever
+        skipped.append(Skipped(rel, "not a regular file (a FIFO, socket or device)"))
+        return
+    seen[(st.st_dev, st.st_ino)] = rel
+    files.append(LibraryFile(rel, path, st.st_size, st.st_mtime_ns))
+
+
+def _add_links(links: List[Tuple[str, Path, Path]], files: List[LibraryFile], skipped: List[Skipped],
+               seen: Dict[Tuple[int, int], str]) -> None:
+    """Links last, so that a file's own name wins over a link to it; among links, the first name."""
     for rel, path, target in sorted(links):
         try:
             st = target.stat()
@@ -106,9 +127,6 @@ def scan_library(root: Path, exclude: Sequence[Path] = ()) -> Tuple[List[Library
             continue
         seen[(st.st_dev, st.st_ino)] = rel
         files.append(LibraryFile(rel, path, st.st_size, st.st_mtime_ns))
-    files.sort(key=lambda f: f.relpath)
-    skipped.sort(key=lambda s: s.relpath)
-    return files, skipped
 
 
 def _relpath(path: Path, root: Path) -> Optional[str]:
