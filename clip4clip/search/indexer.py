@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from . import journal as journal_mod
 from . import store
 from .encoder import Encoder
-from .library import LibraryFile, find_captions, scan_library, video_key
+from .library import LibraryFile, Skipped, find_captions, scan_library, video_key
 from .media import browser_playable, sample_for_index, write_proxy, write_thumbnail
 
 PROXIES = ("auto", "off")
@@ -214,6 +214,88 @@ def _outputs_intact(old: Path, prev: sqlite3.Row, proxies: str) -> bool:
 
 
 # ---------------------------------------------------------------------------- building
+def _check_options(proxies: str, faiss: Optional[bool]) -> None:
+    """Refuse a bad ``proxies`` value, and ``faiss=True`` without faiss, before any work is done."""
+    if proxies not in PROXIES:
+        raise ValueError(f"--proxies {proxies!r}; expected one of {PROXIES}")
+    if faiss:
+        from .ann import require_faiss
+        require_faiss()
+
+
+def _resolve_folders(videos: Path, out: Path) -> Tuple[Path, Path]:
+    """The library and index folders as absolute paths; the index must not hold the library
+    (it would index its own files) and must be usable as an index folder."""
+    videos = Path(os.path.realpath(Path(videos).expanduser()))
+    out = Path(out).expanduser().resolve()
+    if videos == out or videos.is_relative_to(out):
+        raise ValueError(f"--out {out} must not contain the library --videos {videos}")
+    store.check_index_dir(out)
+    return videos, out
+
+
+def _select_files(videos: Path, out: Path, only: Union[None, Iterable[str], Callable[[str], bool]],
+                  shard: Optional[Tuple[int, int]]) -> Tuple[List[LibraryFile], List[Skipped], Optional[Dict]]:
+    """The library files to index (after ``only``, then the ``shard`` slice), the files the scan
+    skipped, and the shard's metadata: the listing before slicing, which every shard of one
+    build must share for ``merge_indexes``."""
+    files, skipped = scan_library(videos, exclude=[out])
+    if only is not None:
+        keep = only if callable(only) else set(only).__contains__
+        files = [f for f in files if keep(f.relpath)]
+    shard_meta = None
+    if shard is not None:
+        shard_meta = {"index": int(shard[0]), "count": int(shard[1]), "files": len(files),
+                      "listing": listing_digest(files)}
+        files = shard_slice(files, *shard)
+    return files, skipped, shard_meta
+
+
+def _check_previous(meta_old: Dict, encoder: Encoder, out: Path, videos: Path,
+                    log: Callable[[str], None]) -> None:
+    """Refuse an existing index of another model or sampling; say when the library moved or the
+    index is of an older format (then every video is encoded again)."""
+    check_compatible(meta_old, encoder, out)
+    if meta_old.get("library") != str(videos):
+        log(f"note: library moved from {meta_old.get('library')} to {videos}; "
+            "unchanged files keep their embeddings")
+    if meta_old.get("format") != store.FORMAT:
+        log(f"note: {out} is an index of format {meta_old.get('format')}; every video is "
+            "encoded again (ids are kept)")
+
+
+def _library_captions(videos: Path, sources: Dict[str, object]) -> Tuple[Optional[str], Optional[Dict[str, List[str]]]]:
+    """The dataset the library's caption files name and the captions of each indexed video
+    (None, None when the library has none)."""
+    found = find_captions(videos)
+    if found is None:
+        return None, None
+    return found[0], {rel: found[1].get(video_key(rel), []) for rel in sources}
+
+
+def _build_meta(encoder: Encoder, videos: Path, meta_old: Dict, proxies: str, shard_meta: Optional[Dict]) -> Dict:
+    """The new version's metadata (``_finish`` adds the counts and sizes); ``created`` is kept
+    from the previous version."""
+    meta = {"format": store.FORMAT, "fingerprint": encoder.fingerprint, "model": encoder.description,
+            "sampling": encoder.sampling.to_dict(), "library": str(videos),
+            "created": meta_old.get("created", time.time()), "proxies": proxies}
+    if shard_meta:
+        meta["shard"] = shard_meta
+    return meta
+
+
+def _abandon_build(build: Path, jour: journal_mod.Journal, error: BaseException, log: Callable[[str], None]) -> None:
+    """After a failed or interrupted run: keep the build folder when its journal holds encoded
+    videos (the next run resumes from them), delete it when it holds none."""
+    kept = len(jour)
+    jour.close()
+    if kept == 0:
+        shutil.rmtree(build, ignore_errors=True)
+    elif isinstance(error, KeyboardInterrupt):
+        log(f"interrupted: the {kept} videos encoded so far are kept; run the same command "
+            "again to go on from there")
+
+
 def build_index(videos: Path, out: Path, encoder: Encoder, *, proxies: str = "auto",
                 faiss: Optional[bool] = False, rebuild: bool = False, progress: bool = True,
                 log: Callable[[str], None] = print,
@@ -230,26 +312,10 @@ def build_index(videos: Path, out: Path, encoder: Encoder, *, proxies: str = "au
     reported, never fatal; the new version is published only when complete, and a run that is
     killed or interrupted keeps what it encoded for the next run (``journal``).
     """
-    if proxies not in PROXIES:
-        raise ValueError(f"--proxies {proxies!r}; expected one of {PROXIES}")
-    if faiss:
-        from .ann import require_faiss
-        require_faiss()
+    _check_options(proxies, faiss)
     t0 = time.perf_counter()
-    videos = Path(os.path.realpath(Path(videos).expanduser()))
-    out = Path(out).expanduser().resolve()
-    if videos == out or videos.is_relative_to(out):
-        raise ValueError(f"--out {out} must not contain the library --videos {videos}")
-    store.check_index_dir(out)
-    files, skipped = scan_library(videos, exclude=[out])
-    if only is not None:
-        keep = only if callable(only) else set(only).__contains__
-        files = [f for f in files if keep(f.relpath)]
-    shard_meta = None
-    if shard is not None:
-        shard_meta = {"index": int(shard[0]), "count": int(shard[1]), "files": len(files),
-                      "listing": listing_digest(files)}
-        files = shard_slice(files, *shard)
+    videos, out = _resolve_folders(videos, out)
+    files, skipped, shard_meta = _select_files(videos, out, only, shard)
     out.mkdir(parents=True, exist_ok=True)
     report = IndexReport(out, skipped=[(s.relpath, s.reason) for s in skipped],
                          shard=tuple(shard) if shard is not None else None)
@@ -259,13 +325,7 @@ def build_index(videos: Path, out: Path, encoder: Encoder, *, proxies: str = "au
         try:
             meta_old = store.read_meta(old_db) if old_db else {}
             if old_db:
-                check_compatible(meta_old, encoder, out)
-                if meta_old.get("library") != str(videos):
-                    log(f"note: library moved from {meta_old.get('library')} to {videos}; "
-                        "unchanged files keep their embeddings")
-                if meta_old.get("format") != store.FORMAT:
-                    log(f"note: {out} is an index of format {meta_old.get('format')}; every video is "
-                        "encoded again (ids are kept)")
+                _check_previous(meta_old, encoder, out, videos, log)
             key = {"fingerprint": encoder.fingerprint, "sampling": encoder.sampling.to_dict(), "proxies": proxies}
             build = store.new_build_dir(out, resume=lambda b: journal_mod.resumable(b, key))
             jour = journal_mod.Journal(build, key, encoder.embed_dim)
@@ -274,26 +334,14 @@ def build_index(videos: Path, out: Path, encoder: Encoder, *, proxies: str = "au
                                           progress)
                 old_rows = {r["relpath"]: r for r in old_db.execute("SELECT * FROM videos")} if old_db else {}
                 report.removed = sorted(set(old_rows) - {f.relpath for f in files})
-                found = find_captions(videos)
-                captions = None if found is None else \
-                    {rel: found[1].get(video_key(rel), []) for rel in sources}
-                meta = {"format": store.FORMAT, "fingerprint": encoder.fingerprint, "model": encoder.description,
-                        "sampling": encoder.sampling.to_dict(), "library": str(videos),
-                        "created": meta_old.get("created", time.time()), "proxies": proxies}
-                if shard_meta:
-                    meta["shard"] = shard_meta
-                _finish(build, sources, old_rows, meta_old, meta, encoder.embed_dim,
-                        None if found is None else found[0], captions, report, faiss)
+                dataset, captions = _library_captions(videos, sources)
+                meta = _build_meta(encoder, videos, meta_old, proxies, shard_meta)
+                _finish(build, sources, old_rows, meta_old, meta, encoder.embed_dim, dataset, captions, report,
+                        faiss)
                 jour.discard()
                 report.version = store.publish(out, build)
             except BaseException as e:
-                kept = len(jour)
-                jour.close()
-                if kept == 0:
-                    shutil.rmtree(build, ignore_errors=True)
-                elif isinstance(e, KeyboardInterrupt):
-                    log(f"interrupted: the {kept} videos encoded so far are kept; run the same command "
-                        "again to go on from there")
+                _abandon_build(build, jour, e, log)
                 raise
         finally:
             if old_db is not None:
@@ -514,14 +562,9 @@ def _write_captions(db: sqlite3.Connection, captions: Dict[str, List[str]]) -> N
 
 
 # ---------------------------------------------------------------------------- merging shards
-def merge_indexes(partials: Sequence[Path], out: Path, *, faiss: Optional[bool] = False,
-                  log: Callable[[str], None] = print) -> IndexReport:
-    """Merge the partial indexes of ``index --shard I/N`` (every I of one N, built from the same
-    library listing with the same model and settings) into the index ``out``: the same index as
-    one ``index`` run over the whole library (embeddings, rows, ids, captions, files), published
-    atomically. ``out`` may hold an earlier version: its videos keep their ids, as in an update."""
-    t0 = time.perf_counter()
-    out = Path(out).expanduser().resolve()
+def _read_partials(partials: Sequence[Path]) -> List[Tuple[Path, Path, Dict]]:
+    """(folder, current version, metadata) of each partial index; refuses a folder that is not
+    a shard's partial index, or one of another index format."""
     parts = []
     for p in partials:
         p = Path(p).expanduser().resolve()
@@ -535,6 +578,12 @@ def merge_indexes(partials: Sequence[Path], out: Path, *, faiss: Optional[bool] 
         parts.append((p, version, meta))
     if not parts:
         raise ValueError("merge needs the partial indexes of every shard")
+    return parts
+
+
+def _check_same_build(parts: List[Tuple[Path, Path, Dict]]) -> None:
+    """Every part comes from one build: the same model, settings and library listing (else their
+    embeddings, or their slices of the library, would not fit together)."""
     first = parts[0][2]
     for p, _, m in parts[1:]:
         for k in ("fingerprint", "sampling", "library", "proxies"):
@@ -544,13 +593,89 @@ def merge_indexes(partials: Sequence[Path], out: Path, *, faiss: Optional[bool] 
             if m["shard"].get(k) != first["shard"].get(k):
                 raise ValueError(f"{p} and {parts[0][0]} saw different libraries or shard counts "
                                  f"(shard {k}: {m['shard'].get(k)} vs {first['shard'].get(k)}); re-run the shards")
-    count = first["shard"]["count"]
+
+
+def _check_every_shard_once(parts: List[Tuple[Path, Path, Dict]]) -> None:
+    """Each of the N shards is given exactly once: a missing one would drop videos, a repeated
+    one would add them twice."""
+    count = parts[0][2]["shard"]["count"]
     have = sorted(m["shard"]["index"] for _, _, m in parts)
     if have != list(range(count)):
         missing = sorted(set(range(count)) - set(have))
         dupes = sorted({i for i in have if have.count(i) > 1})
         problems = ([f"given twice {dupes}"] if dupes else []) + ([f"missing {missing}"] if missing else [])
         raise ValueError(f"merge needs each of the {count} shards once: {', '.join(problems)}")
+
+
+def _check_merge_target(meta_old: Dict, first: Dict, out: Path) -> None:
+    """An earlier version in ``out`` must have the shards' model and sampling: embeddings of
+    different models cannot be mixed."""
+    for k in ("fingerprint", "sampling"):
+        if meta_old.get(k) != first.get(k):
+            raise IndexMismatchError(f"{out} was built with another model or sampling ({k} "
+                                     "differs); merge into a new folder")
+
+
+def _shard_sources(parts: List[Tuple[Path, Path, Dict]], opened: List[sqlite3.Connection],
+                   report: IndexReport) -> Tuple[Dict[str, object], Dict[str, List[str]], bool]:
+    """The source of every video in the shards (relpath order), their captions, and whether any
+    shard has a dataset's captions; the shards' failures go into ``report``. Each shard's
+    database is appended to ``opened``: the caller closes them after assembly, which reads them."""
+    sources, captions, has_captions = {}, {}, False
+    for p, version, m in parts:
+        db = store.open_db(version)
+        opened.append(db)
+        video = np.load(version / "video_emb.npy", mmap_mode="r")
+        frames = np.load(version / "frame_emb.npy", mmap_mode="r")
+        for r in db.execute("SELECT * FROM videos"):
+            if r["relpath"] in sources:
+                raise ValueError(f"{r['relpath']} is in two shards")
+            sources[r["relpath"]] = _FromVersion(version, r, video, frames)
+            captions[r["relpath"]] = [c[0] for c in db.execute(
+                "SELECT caption FROM captions WHERE video_id = ? ORDER BY rowid", (r["id"],))]
+        report.failed += [(a, b) for a, b in db.execute("SELECT relpath, error FROM failures")]
+        has_captions = has_captions or m.get("dataset") is not None
+    return dict(sorted(sources.items())), captions, has_captions
+
+
+def _report_changes(sources: Dict[str, _FromVersion], old_rows: Dict[str, sqlite3.Row], report: IndexReport) -> None:
+    """Sort the videos into added, unchanged, re-encoded (size or time differs) and removed,
+    against the earlier version in the target, as an ``index`` update would report them."""
+    for rel, r in old_rows.items():
+        if rel not in sources:
+            report.removed.append(rel)
+    for rel, src in sources.items():
+        prev = old_rows.get(rel)
+        if prev is None:
+            report.added.append(rel)
+        elif (prev["size"], prev["mtime_ns"]) == (src.row["size"], src.row["mtime_ns"]):
+            report.unchanged.append(rel)
+        else:
+            report.updated.append(rel)
+    report.removed.sort()
+    report.failed.sort()
+
+
+def _merged_meta(first: Dict, meta_old: Dict) -> Dict:
+    """The merged version's metadata: the shards' model and settings (``_finish`` adds the
+    counts and sizes); ``created`` is kept from an earlier version in the target."""
+    return {"format": store.FORMAT, "fingerprint": first["fingerprint"], "model": first["model"],
+            "sampling": first["sampling"], "library": first["library"],
+            "created": meta_old.get("created", time.time()), "proxies": first["proxies"]}
+
+
+def merge_indexes(partials: Sequence[Path], out: Path, *, faiss: Optional[bool] = False,
+                  log: Callable[[str], None] = print) -> IndexReport:
+    """Merge the partial indexes of ``index --shard I/N`` (every I of one N, built from the same
+    library listing with the same model and settings) into the index ``out``: the same index as
+    one ``index`` run over the whole library (embeddings, rows, ids, captions, files), published
+    atomically. ``out`` may hold an earlier version: its videos keep their ids, as in an update."""
+    t0 = time.perf_counter()
+    out = Path(out).expanduser().resolve()
+    parts = _read_partials(partials)
+    first = parts[0][2]
+    _check_same_build(parts)
+    _check_every_shard_once(parts)
     store.check_index_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     report = IndexReport(out)
@@ -561,42 +686,11 @@ def merge_indexes(partials: Sequence[Path], out: Path, *, faiss: Optional[bool] 
         try:
             meta_old = store.read_meta(old_db) if old_db else {}
             if old_db:
-                for k in ("fingerprint", "sampling"):
-                    if meta_old.get(k) != first.get(k):
-                        raise IndexMismatchError(f"{out} was built with another model or sampling ({k} "
-                                                 "differs); merge into a new folder")
+                _check_merge_target(meta_old, first, out)
             old_rows = {r["relpath"]: r for r in old_db.execute("SELECT * FROM videos")} if old_db else {}
-            sources, captions, has_captions = {}, {}, False
-            for p, version, m in parts:
-                db = store.open_db(version)
-                opened.append(db)
-                video = np.load(version / "video_emb.npy", mmap_mode="r")
-                frames = np.load(version / "frame_emb.npy", mmap_mode="r")
-                for r in db.execute("SELECT * FROM videos"):
-                    if r["relpath"] in sources:
-                        raise ValueError(f"{r['relpath']} is in two shards")
-                    sources[r["relpath"]] = _FromVersion(version, r, video, frames)
-                    captions[r["relpath"]] = [c[0] for c in db.execute(
-                        "SELECT caption FROM captions WHERE video_id = ? ORDER BY rowid", (r["id"],))]
-                report.failed += [(a, b) for a, b in db.execute("SELECT relpath, error FROM failures")]
-                has_captions = has_captions or m.get("dataset") is not None
-            sources = dict(sorted(sources.items()))
-            for rel, r in old_rows.items():
-                if rel not in sources:
-                    report.removed.append(rel)
-            for rel, src in sources.items():
-                prev = old_rows.get(rel)
-                if prev is None:
-                    report.added.append(rel)
-                elif (prev["size"], prev["mtime_ns"]) == (src.row["size"], src.row["mtime_ns"]):
-                    report.unchanged.append(rel)
-                else:
-                    report.updated.append(rel)
-            report.removed.sort()
-            report.failed.sort()
-            meta = {"format": store.FORMAT, "fingerprint": first["fingerprint"], "model": first["model"],
-                    "sampling": first["sampling"], "library": first["library"],
-                    "created": meta_old.get("created", time.time()), "proxies": first["proxies"]}
+            sources, captions, has_captions = _shard_sources(parts, opened, report)
+            _report_changes(sources, old_rows, report)
+            meta = _merged_meta(first, meta_old)
             build = store.new_build_dir(out)
             try:
                 dim = int(np.load(parts[0][1] / "video_emb.npy", mmap_mode="r").shape[1])

@@ -108,14 +108,45 @@ def _ignore_bad_range() -> None:
         del request.environ["HTTP_RANGE"]
 
 
-def create_app(index: SearchIndex) -> Flask:
-    """A Flask app serving ``index``. Run it with ``serve`` or any WSGI server."""
+def _media_url(vid: int, version: str) -> str:
+    """URL of a video's file; ``v`` makes a changed file a new URL (no stale browser cache)."""
+    return url_for("media", vid=vid, v=version)
+
+
+def _thumb_url(vid: int, version: str) -> str:
+    """URL of a video's thumbnail, versioned like ``_media_url``."""
+    return url_for("thumb", vid=vid, v=version)
+
+
+def _is_api() -> bool:
+    """Whether this request is for the JSON API (whose errors are JSON too) or for a page."""
+    return request.path.startswith("/api/") or request.path == "/api"
+
+
+def _search(idx: SearchIndex, q: str, k: int, captions: bool):
+    """Run query ``q`` (and, if ``captions``, the caption search); a query the index rejects
+    is the person's to fix, so its ValueError becomes a 400."""
+    try:
+        result = idx.search_full(check_query(q), k)
+        caption_hits = idx.caption_search(q, k) if captions else None
+    except ValueError as e:
+        raise BadRequest(str(e)) from e
+    return result, caption_hits
+
+
+def _new_flask() -> Flask:
+    """The bare Flask app: this package's templates and static files, and the page's filters
+    and URL helpers."""
     here = Path(__file__).parent
     app = Flask(__name__, template_folder=str(here / "templates"), static_folder=str(here / "static"))
     app.jinja_env.filters["mmss"] = mmss
     app.jinja_env.filters["bytes"] = human_bytes
-    live = _Live(index)
+    app.jinja_env.globals.update(media_url=_media_url, thumb_url=_thumb_url)
+    return app
 
+
+def _add_security_headers(app: Flask) -> None:
+    """Every answer carries the CSP and the headers that stop sniffing, referrers and framing."""
     @app.after_request
     def _headers(resp):
         resp.headers.setdefault("Content-Security-Policy", _CSP)
@@ -124,23 +155,23 @@ def create_app(index: SearchIndex) -> Flask:
         resp.headers["X-Frame-Options"] = "DENY"
         return resp
 
-    def api() -> bool:
-        return request.path.startswith("/api/") or request.path == "/api"
 
+def _add_error_handlers(app: Flask, live: _Live) -> None:
+    """Errors answer as JSON under /api and as an error page elsewhere (a crash is logged)."""
     def error_page(status: int, title: str, message: str):
         return render_template("error.html", status=status, title=title, message=message,
                                index=live.get()), status
 
     @app.errorhandler(BadRequest)
     def _bad(e):
-        if api():
+        if _is_api():
             return jsonify({"error": str(e), "status": 400}), 400
         return error_page(400, "Cannot search for that", str(e))
 
     @app.errorhandler(HTTPException)
     def _http(e):
         status = e.code or 500
-        if api():
+        if _is_api():
             return jsonify({"error": e.description if status != 404 else "not found", "status": status}), status
         if status == 404:
             return error_page(404, "Not found", "There is no such page or video in this index.")
@@ -151,18 +182,26 @@ def create_app(index: SearchIndex) -> Flask:
     @app.errorhandler(Exception)
     def _crash(e):
         app.logger.exception("error serving %s", request.path)
-        if api():
+        if _is_api():
             return jsonify({"error": "internal error", "status": 500}), 500
         return error_page(500, "Something went wrong", "The server could not answer this request.")
 
-    def media_url(vid: int, version: str) -> str:
-        return url_for("media", vid=vid, v=version)
 
-    def thumb_url(vid: int, version: str) -> str:
-        return url_for("thumb", vid=vid, v=version)
+def _player_moments(idx: SearchIndex, vid: int, q: str):
+    """The five best moments of video ``vid`` for query ``q`` and the query text used
+    (none without a query)."""
+    if not q:
+        return [], None
+    try:
+        emb, used = idx.encode_query_used(q)
+    except ValueError as e:
+        raise BadRequest(str(e)) from e
+    scores = idx.frame_scores_embedding(vid, emb)
+    return sorted(scores, key=lambda m: -m["score"])[:5], used
 
-    app.jinja_env.globals.update(media_url=media_url, thumb_url=thumb_url)
 
+def _add_page_routes(app: Flask, live: _Live) -> None:
+    """The HTML pages: ``/`` (search) and ``/video/<id>`` (player)."""
     @app.get("/")
     def search_page():
         idx = live.get()
@@ -174,11 +213,7 @@ def create_app(index: SearchIndex) -> Flask:
         if not q:
             return render_template("search.html", index=idx, q="", k=k, show_captions=show_captions,
                                    hits=None, caption_hits=None, examples=idx.example_captions(3), used=None)
-        try:
-            result = idx.search_full(check_query(q), k)
-            caption_hits = idx.caption_search(q, k) if show_captions else None
-        except ValueError as e:
-            raise BadRequest(str(e)) from e
+        result, caption_hits = _search(idx, q, k, show_captions)
         return render_template("search.html", index=idx, q=q, k=k, show_captions=show_captions, hits=result.hits,
                                caption_hits=caption_hits, examples=[], used=result.text)
 
@@ -189,14 +224,7 @@ def create_app(index: SearchIndex) -> Flask:
         if rec is None:
             abort(404)
         q = _query_arg()
-        moments, used = [], None
-        if q:
-            try:
-                emb, used = idx.encode_query_used(q)
-            except ValueError as e:
-                raise BadRequest(str(e)) from e
-            scores = idx.frame_scores_embedding(vid, emb)
-            moments = sorted(scores, key=lambda m: -m["score"])[:5]
+        moments, used = _player_moments(idx, vid, q)
         t = _time_arg("t", rec.duration, 0.0)
         end = _time_arg("end", rec.duration, rec.duration)
         if end <= t:
@@ -205,6 +233,9 @@ def create_app(index: SearchIndex) -> Flask:
         return render_template("player.html", index=idx, video=rec, t=t, end=end, q=q, moments=moments,
                                used=used, available=available), (200 if available else 404)
 
+
+def _add_file_routes(app: Flask, live: _Live) -> None:
+    """The files: ``/media/<id>`` (the video, seekable) and ``/thumb/<id>`` (its thumbnail)."""
     @app.get(f"/media/<{ID}:vid>")
     def media(vid: int):
         idx = live.get()
@@ -231,18 +262,17 @@ def create_app(index: SearchIndex) -> Flask:
         fresh = request.args.get("v") == rec.version
         return send_file(path, mimetype="image/jpeg", conditional=True, max_age=86400 if fresh else 0)
 
+
+def _add_api_routes(app: Flask, live: _Live) -> None:
+    """The JSON API: ``/api/search``, ``/api/video/<id>`` and ``/api/info``."""
     @app.get("/api/search")
     def api_search():
         idx = live.get()
         q, k = _query_arg(), _k(request.args.get("k"))
-        try:
-            result = idx.search_full(check_query(q), k)
-            caption_hits = idx.caption_search(q, k) if idx.has_captions else None
-        except ValueError as e:
-            raise BadRequest(str(e)) from e
-        results = [{**h.to_dict(), "thumb_url": thumb_url(h.id, h.version),
+        result, caption_hits = _search(idx, q, k, idx.has_captions)
+        results = [{**h.to_dict(), "thumb_url": _thumb_url(h.id, h.version),
                     "player_url": url_for("player", vid=h.id, t=h.start, end=h.end, q=q),
-                    "media_url": media_url(h.id, h.version) if h.available else None} for h in result.hits]
+                    "media_url": _media_url(h.id, h.version) if h.available else None} for h in result.hits]
         captions = None if caption_hits is None else [
             {**c.to_dict(), "player_url": url_for("player", vid=c.id)} for c in caption_hits]
         return jsonify({"query": q, "k": k, "backend": idx.backend, "fingerprint": idx.meta["fingerprint"],
@@ -255,12 +285,22 @@ def create_app(index: SearchIndex) -> Flask:
         if rec is None:
             abort(404)
         return jsonify({**rec.__dict__, "available": idx.media_path(vid) is not None,
-                        "media_url": media_url(vid, rec.version), "thumb_url": thumb_url(vid, rec.version)})
+                        "media_url": _media_url(vid, rec.version), "thumb_url": _thumb_url(vid, rec.version)})
 
     @app.get("/api/info")
     def api_info():
         return jsonify(live.get().info())
 
+
+def create_app(index: SearchIndex) -> Flask:
+    """A Flask app serving ``index``. Run it with ``serve`` or any WSGI server."""
+    app = _new_flask()
+    live = _Live(index)
+    _add_security_headers(app)
+    _add_error_handlers(app, live)
+    _add_page_routes(app, live)
+    _add_file_routes(app, live)
+    _add_api_routes(app, live)
     return app
 
 
