@@ -90,6 +90,21 @@ class MissingVideosWarning(UserWarning):
     """Videos were dropped from a split (``allow_missing=True``); the message says how many."""
 
 
+def _check_options(split: str, caption_mode: str, frame_order: str, frame_cache) -> str:
+    """The dataset options that are choices, checked with a message naming each; returns what
+    ``frame_cache`` means: "require" the disk cache, use it when present ("auto"), or "off"."""
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+    if caption_mode not in _CAPTION_MODES:
+        raise ValueError(f"caption_mode must be one of {_CAPTION_MODES}, got {caption_mode!r}")
+    if frame_order not in FRAME_ORDERS:
+        raise ValueError(f"frame_order must be one of {FRAME_ORDERS}, got {frame_order!r}")
+    key = frame_cache.lower() if isinstance(frame_cache, str) else frame_cache
+    if key not in _CACHE_USE:
+        raise ValueError(f"frame_cache={frame_cache!r}; expected auto, true (require) or false (off)")
+    return _CACHE_USE[key]
+
+
 @dataclass
 class SplitIndex:
     """What a subclass reads from its annotation files.
@@ -230,15 +245,7 @@ class VideoTextDataset(Dataset):
         **sampling_fields,
     ):
         caption_mode = caption_mode or self.default_caption_mode
-        if split not in _SPLITS:
-            raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-        if caption_mode not in _CAPTION_MODES:
-            raise ValueError(f"caption_mode must be one of {_CAPTION_MODES}, got {caption_mode!r}")
-        if frame_order not in FRAME_ORDERS:
-            raise ValueError(f"frame_order must be one of {FRAME_ORDERS}, got {frame_order!r}")
-        key = frame_cache.lower() if isinstance(frame_cache, str) else frame_cache
-        if key not in _CACHE_USE:
-            raise ValueError(f"frame_cache={frame_cache!r}; expected auto, true (require) or false (off)")
+        cache_use = _check_options(split, caption_mode, frame_order, frame_cache)
         # The one frame-sampling value (``KeyframeParams``): ``sampling`` as given, with any of
         # its fields passed by keyword (fps=, max_frames=, keyframes=, ...) on top. It validates
         # every field with a message naming it.
@@ -257,27 +264,39 @@ class VideoTextDataset(Dataset):
         #: video_id -> why it was dropped (missing file / unreadable), for allow_missing=True.
         self.missing_reasons: dict[str, str] = {}
 
+        index = self._read_index()
+        self._store = self._open_store(cache_use, frame_cache_dir, frame_cache_size, frame_cache_format)
+        self._drop_missing(index.missing_videos)
+        self._ram: FrameCache | None = None
+        if cache_frames:
+            self._ram = FrameCache.build(self.video_order, self._load_for_ram, cache_budget_bytes, progress=progress)
+        self._check_readable()
+
+    def _read_index(self) -> SplitIndex:
+        """The subclass's annotation index; a missing annotation file is fatal, named with the layout."""
         index = self._load_index()
         if index.missing_files:
             shown = index.missing_files + list(index.missing_videos.values())
             raise self._missing_error(shown)
         self._item_videos, self._item_texts = index.video_ids, index.texts
         self.captions, self._paths = index.captions, index.paths
+        return index
 
-        self._store = self._open_store(_CACHE_USE[key], frame_cache_dir, frame_cache_size, frame_cache_format)
-        # A video the disk cache holds does not need its source file.
-        missing = {v: p for v, p in index.missing_videos.items() if self._store is None or v not in self._store}
+    def _drop_missing(self, missing_videos: dict[str, str]) -> None:
+        """Videos whose file is absent: fatal, or dropped with their captions (``allow_missing``).
+        A video the disk cache holds does not need its source file."""
+        missing = {v: p for v, p in missing_videos.items() if self._store is None or v not in self._store}
         if missing:
-            if not allow_missing:
+            if not self.allow_missing:
                 raise self._missing_error(list(missing.values()))
             self._drop({v: f"file not found: {p}" for v, p in missing.items()})
 
-        self._ram: FrameCache | None = None
-        if cache_frames:
-            self._ram = FrameCache.build(self.video_order, self._load_for_ram, cache_budget_bytes, progress=progress)
+    def _check_readable(self) -> None:
+        """``verify``: every video decodes (else fatal, or dropped with ``allow_missing``); then warn
+        about what was dropped, and refuse a split left empty."""
         if self.verify:
             unreadable = self._find_unreadable()
-            if unreadable and not allow_missing:
+            if unreadable and not self.allow_missing:
                 raise self._unreadable_error(unreadable)
             self._drop(unreadable)
         if self.missing_reasons:
