@@ -63,49 +63,11 @@ class FrameCache:
                 broken[vid] = f"{e.path}: {e.reason}"
                 return None
 
-        arrays: dict[str, np.ndarray] = {}
-        k = 0
-        while k < len(video_ids) and not arrays:  # the first readable video sizes the estimate
-            first = safe_load(video_ids[k])
-            k += 1
-            if first is None:
-                continue
-            estimate = first.nbytes * len(video_ids)
-            if estimate > budget_bytes:
-                raise MemoryError(
-                    f"frame cache for {len(video_ids)} videos needs about {estimate / 2**20:.0f} MiB "
-                    f"({first.nbytes / 2**20:.2f} MiB for {video_ids[k - 1]!r} x {len(video_ids)}), over the budget of "
-                    f"{budget_bytes / 2**20:.0f} MiB; raise cache_budget_bytes or use cache_frames=False"
-                )
-            arrays[video_ids[k - 1]] = first
+        arrays, k = _first_readable(video_ids, safe_load, budget_bytes)
         if not arrays:
             return cls(torch.zeros(0, dtype=torch.uint8), {}, broken)
-        total = sum(a.nbytes for a in arrays.values())
-        threads = num_threads or min(os.cpu_count() or 1, 8)
-        bar = tqdm(total=len(video_ids), initial=k, desc="decoding frames into cache", unit="video", disable=not progress)
-        try:
-            with ThreadPoolExecutor(threads) as pool:
-                for vid, frames in zip(video_ids[k:], pool.map(safe_load, video_ids[k:])):
-                    bar.update(1)
-                    if frames is None:
-                        continue
-                    arrays[vid] = frames
-                    total += frames.nbytes
-                    if total > budget_bytes:
-                        raise MemoryError(
-                            f"frame cache exceeded its budget of {budget_bytes / 2**20:.0f} MiB after "
-                            f"{len(arrays)} of {len(video_ids)} videos; raise cache_budget_bytes or use cache_frames=False"
-                        )
-        finally:
-            bar.close()
-
-        data = torch.empty(total, dtype=torch.uint8)
-        index, offset = {}, 0
-        for vid, a in arrays.items():
-            data[offset : offset + a.nbytes] = torch.from_numpy(np.ascontiguousarray(a).reshape(-1))
-            index[vid] = (offset, tuple(a.shape))
-            offset += a.nbytes
-        data.share_memory_()
+        _load_rest(video_ids, k, safe_load, arrays, budget_bytes, num_threads, progress)
+        data, index = _pack(arrays)
         return cls(data, index, broken)
 
     def __contains__(self, video_id: str) -> bool:
@@ -133,3 +95,62 @@ class FrameCache:
         state = dict(self.__dict__)
         state.pop("_flat", None)
         return state
+
+
+def _first_readable(video_ids: list[str], safe_load, budget_bytes: int) -> tuple[dict[str, np.ndarray], int]:
+    """Load videos in order until one reads: its size times the number of videos is the
+    estimate checked against the budget before anything else is decoded. -> ({id: frames}, next index)."""
+    arrays: dict[str, np.ndarray] = {}
+    k = 0
+    while k < len(video_ids) and not arrays:
+        first = safe_load(video_ids[k])
+        k += 1
+        if first is None:
+            continue
+        estimate = first.nbytes * len(video_ids)
+        if estimate > budget_bytes:
+            raise MemoryError(
+                f"frame cache for {len(video_ids)} videos needs about {estimate / 2**20:.0f} MiB "
+                f"({first.nbytes / 2**20:.2f} MiB for {video_ids[k - 1]!r} x {len(video_ids)}), over the budget of "
+                f"{budget_bytes / 2**20:.0f} MiB; raise cache_budget_bytes or use cache_frames=False"
+            )
+        arrays[video_ids[k - 1]] = first
+    return arrays, k
+
+
+def _load_rest(video_ids: list[str], k: int, safe_load, arrays: dict[str, np.ndarray], budget_bytes: int,
+               num_threads: int | None, progress: bool) -> None:
+    """Decode ``video_ids[k:]`` on threads into ``arrays``, stopping as soon as the actual total
+    exceeds the budget."""
+    total = sum(a.nbytes for a in arrays.values())
+    threads = num_threads or min(os.cpu_count() or 1, 8)
+    bar = tqdm(total=len(video_ids), initial=k, desc="decoding frames into cache", unit="video", disable=not progress)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            for vid, frames in zip(video_ids[k:], pool.map(safe_load, video_ids[k:])):
+                bar.update(1)
+                if frames is None:
+                    continue
+                arrays[vid] = frames
+                total += frames.nbytes
+                if total > budget_bytes:
+                    raise MemoryError(
+                        f"frame cache exceeded its budget of {budget_bytes / 2**20:.0f} MiB after "
+                        f"{len(arrays)} of {len(video_ids)} videos; raise cache_budget_bytes or use cache_frames=False"
+                    )
+    finally:
+        bar.close()
+
+
+def _pack(arrays: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict]:
+    """Every array in one shared-memory uint8 buffer (DataLoader workers read it without a copy).
+    -> (buffer, {id: (offset, shape)})."""
+    data = torch.empty(sum(a.nbytes for a in arrays.values()), dtype=torch.uint8)
+    index, offset = {}, 0
+    for vid, a in arrays.items():
+        data[offset : offset + a.nbytes] = torch.from_numpy(np.ascontiguousarray(a).reshape(-1))
+        index[vid] = (offset, tuple(a.shape))
+        offset += a.nbytes
+    data.share_memory_()
+    return data, index
+

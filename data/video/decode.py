@@ -494,28 +494,37 @@ def sample_video(
         cap.release()
 
     if decoded is not None and decoded != count:
-        if decoded == 0:
-            raise VideoReadError(spath, f"no decodable frames (container reports {count})")
-        if decoded < count:
-            warnings.warn(
-                f"{spath}: container reports {count} frames but only {decoded} decode "
-                "(truncated or damaged file); sampling from the decoded frames",
-                VideoTruncatedWarning,
-                stacklevel=2,
-            )
-        count = decoded
-        idx = sample_frame_indices(decoded, video_fps, fps, max_frames, slice_framepos, rule=rule)
-        if not all(int(i) in frames for i in idx):
-            cap = _open_checked(spath)
-            try:
-                frames, _ = _decode_selected(cap, idx, None)
-            finally:
-                cap.release()
-            if not all(int(i) in frames for i in idx):  # the file changed under us / flaky decode
-                raise VideoReadError(spath, "decoding is not repeatable (frames vanished on a second pass)")
-
+        frames, idx, count = _resample_decoded(spath, frames, decoded, count, video_fps, fps, max_frames,
+                                               slice_framepos, rule)
     out = np.ascontiguousarray(np.stack([frames[int(i)] for i in idx]))
     return SampledVideo(out, idx, video_fps, int(count))
+
+
+def _resample_decoded(spath: str, frames: dict, decoded: int, count: int, video_fps: float, fps: float,
+                      max_frames: int | None, slice_framepos: str, rule: str) -> tuple[dict, np.ndarray, int]:
+    """The container's frame count was wrong (``decoded`` frames really decode): sample again from
+    the decoded count, decoding a second time only if the new indices need frames not kept.
+    -> (frames by index, indices, count)."""
+    if decoded == 0:
+        raise VideoReadError(spath, f"no decodable frames (container reports {count})")
+    if decoded < count:
+        warnings.warn(
+            f"{spath}: container reports {count} frames but only {decoded} decode "
+            "(truncated or damaged file); sampling from the decoded frames",
+            VideoTruncatedWarning,
+            stacklevel=3,
+        )
+    count = decoded
+    idx = sample_frame_indices(decoded, video_fps, fps, max_frames, slice_framepos, rule=rule)
+    if not all(int(i) in frames for i in idx):
+        cap = _open_checked(spath)
+        try:
+            frames, _ = _decode_selected(cap, idx, None)
+        finally:
+            cap.release()
+        if not all(int(i) in frames for i in idx):  # the file changed under us / flaky decode
+            raise VideoReadError(spath, "decoding is not repeatable (frames vanished on a second pass)")
+    return frames, idx, count
 
 
 def read_frames(
