@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..encoding import text_embeddings, video_embeddings
 from ..metrics import format_table, retrieval_metrics, retrieval_metrics_multi
 from ..postprocess import DSL_TEMPERATURE, POSTPROCESSORS, QB_BETA, QB_K, QUERYBANK_METHODS
 from .config_values import positive_number, whole_number
@@ -55,18 +56,6 @@ def _to(batch: dict, device: torch.device) -> dict:
     return batch_to_device(batch, device)
 
 
-def _encode_videos(model, video: torch.Tensor, mask: torch.Tensor, weights: list) -> torch.Tensor:
-    """[B,T,3,H,W], [B,T] -> [B,D] (a cross-encoder: frame features [B,T,D]); heads with frame
-    weights also append them [B,T] to ``weights`` (TensorBoard shows their distribution)."""
-    if not model.two_tower:
-        return model.video_features(video, mask)
-    if not hasattr(model.head, "frame_weights"):
-        return model.encode_video(video, mask)
-    v, w = model.head(model.encode_frames(video, frame_mask=mask), mask, return_weights=True)
-    weights.append(w.float().cpu())
-    return v
-
-
 @torch.no_grad()
 def encode_split(model, loader, device: torch.device, precision: str = "fp32",
                  progress: bool = True, desc: str = "eval") -> EncodedSplit:
@@ -81,7 +70,7 @@ def encode_split(model, loader, device: torch.device, precision: str = "fp32",
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         batch = _to(batch, device)
         with autocast(device, precision):
-            t = model.text_features(batch["input_ids"], batch["attention_mask"])
+            t = text_embeddings(model, batch["input_ids"], batch["attention_mask"])
             new = []
             for i, vid in enumerate(batch["video_id"]):  # a video shared by several captions
                 if vid not in row_of:                     # is encoded once, even within a batch
@@ -90,7 +79,7 @@ def encode_split(model, loader, device: torch.device, precision: str = "fp32",
             if new:
                 sel = torch.tensor(new, device=device)
                 video, mask = batch["video"][sel], batch["video_mask"][sel]
-                v = _encode_videos(model, video, mask, weights)
+                v = video_embeddings(model, video, mask, weights)
                 video_embs.append(v.float().cpu())
                 masks.append(mask.cpu())
                 video_ids.extend(batch["video_id"][i] for i in new)
@@ -108,7 +97,7 @@ def encode_split(model, loader, device: torch.device, precision: str = "fp32",
 @torch.no_grad()
 def encode_texts(model, texts: Sequence[str], tokenizer, max_words: int, batch_size: int, device,
                  precision: str = "fp32", progress: bool = True, desc: str = "texts") -> torch.Tensor:
-    """``model.text_features`` of every text, in batches, in eval mode -> float32 [N, D] on the
+    """``encoding.text_embeddings`` of every text, in batches, in eval mode -> float32 [N, D] on the
     CPU (L2-normalised for two-tower models; a cross-encoder's raw features)."""
     was_training = model.training
     model.eval()
@@ -117,7 +106,7 @@ def encode_texts(model, texts: Sequence[str], tokenizer, max_words: int, batch_s
         for i in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress, leave=False):
             ids, mask = tokenizer(list(texts[i:i + batch_size]), max_words=max_words)
             with autocast(device, precision):
-                out.append(model.text_features(ids.to(device), mask.to(device)).float().cpu())
+                out.append(text_embeddings(model, ids.to(device), mask.to(device)).float().cpu())
     finally:
         model.train(was_training)
     if not out:
@@ -153,7 +142,7 @@ def encode_texts_and_videos(model, dataset, tokenizer, max_words: int, batch_siz
         moved = _to({"video": batch["video"], "video_mask": batch["video_mask"]}, device)
         video, mask = moved["video"], moved["video_mask"]
         with autocast(device, precision):
-            v = _encode_videos(model, video, mask, weights)
+            v = video_embeddings(model, video, mask, weights)
         video_embs.append(v.float().cpu())
         masks.append(batch["video_mask"])
         video_ids.extend(batch["video_id"])

@@ -20,6 +20,7 @@ from data.video.keyframes import KeyframeParams
 from data.video.transforms import pack_clip
 
 from ..builder import tokenizer_state
+from ..encoding import clip_embeddings, text_embeddings, video_embeddings
 from ..weights import model_and_tokenizer, read_checkpoint
 from ..heads import l2_normalize
 from ..model import CLIP4Clip
@@ -163,7 +164,7 @@ class Encoder:
         return_used: also return, per query, ``TextUse``: how many tokens of it the model read
         (at most ``max_words - 2``: the text tower's length) and whether the rest was cut."""
         ids, mask, lengths = self.tokenizer(list(texts), max_words=self.max_words, return_lengths=True)
-        emb = self.model.encode_text(ids.to(self.device), mask.to(self.device)).float().cpu().numpy()
+        emb = text_embeddings(self.model, ids.to(self.device), mask.to(self.device)).float().cpu().numpy()
         if not return_used:
             return emb
         budget = self.max_words - 2
@@ -202,7 +203,7 @@ class Encoder:
         for frames in clips:
             if not 1 <= len(frames) <= self.sampling.max_frames:
                 raise ValueError(f"expected 1..{self.sampling.max_frames} frames, got {len(frames)}")
-        emb = self._forward_clips([self._pack(f) for f in clips], self.model.encode_video)
+        emb = self._forward_clips([self._pack(f) for f in clips], lambda v, k: video_embeddings(self.model, v, k))
         return emb.numpy()
 
     @torch.no_grad()
@@ -257,8 +258,8 @@ class Encoder:
             part = clips[i:i + self.batch_clips]
             video = torch.cat([p[0] for p in part]).to(self.device)
             mask = torch.cat([p[1] for p in part]).to(self.device)
-            feats = self.model.encode_frames(video, frame_mask=mask)  # what encode_video pools
-            video_embs.append(self.model.head(feats, mask).float().cpu())
+            feats, emb = clip_embeddings(self.model, video, mask)
+            video_embs.append(emb.float().cpu())
             eval_feats.append(feats.float().cpu())
         eval_feats = l2_normalize(torch.cat(eval_feats))
         rest_feats = None
