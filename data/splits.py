@@ -42,21 +42,26 @@ READERS: Dict[str, Reader] = {
                     "LSMDC16_annos_training.csv, LSMDC16_annos_val.csv, LSMDC16_challenge_1000_publictect.csv "
                     "and videos/ (flat or one folder per movie)"),
 }
-DATASETS = tuple(READERS)
+
+
+def _reader(name) -> Reader:
+    """The registered reader of ``dataset.name`` (READERS is the one list of datasets)."""
+    if name not in READERS:
+        raise ValueError(f"dataset.name={name!r}; expected one of {tuple(READERS)}")
+    return READERS[name]
 
 
 def dataset_root(cfg: Mapping, progress: bool = True) -> Path:
     """The folder to read; the synthetic dataset is generated here on first use."""
     name = cfg.get("name")
-    if name not in DATASETS:
-        raise ValueError(f"dataset.name={name!r}; expected one of {DATASETS}")
+    reader = _reader(name)
     if name == "synthetic":
         gen = dict(cfg.get("generator") or {})
         return ensure_synthetic_dataset(cfg.get("root"), progress=progress, **gen)
     root = Path(str(cfg.get("root"))).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset.root={root} does not exist: point dataset.root at the folder "
-                                f"holding {READERS[name].layout}")
+                                f"holding {reader.layout}")
     return root
 
 
@@ -86,10 +91,7 @@ def build_split(cfg: Mapping, root: Path, split: str, image_size: int, seed: int
     Training items of unreadable videos come back marked ``broken`` (``dataset.skip_broken``),
     which ``TokenizeCollate`` drops and counts; val/test splits are checked up front instead.
     """
-    name = cfg.get("name")
-    if name not in READERS:
-        raise ValueError(f"dataset.name={name!r}; expected one of {DATASETS}")
-    reader = READERS[name]
+    reader = _reader(cfg.get("name"))
     sampling = split_sampling(cfg, split)
     fc = cfg.get("frame_cache") or {}
     train = split == "train"

@@ -96,7 +96,6 @@ def test_adding_a_dataset_takes_a_reader_a_registry_entry_and_a_yaml(scratch, tm
     # 2. its entry in data/splits.py's READERS
     monkeypatch.setitem(splits.READERS, "tsvset", splits.Reader(TsvDataset, ("captions_file", "video_dir"),
                                                                "captions.tsv and videos/"))
-    monkeypatch.setattr(splits, "DATASETS", tuple(splits.READERS))
     # 3. configs/dataset/<name>.yaml
     (configs / "dataset" / "tsvset.yaml").write_text(DATASET_YAML)
 

@@ -1,4 +1,6 @@
 """What the previous layout wrote still loads, to the same numbers (tests/data/legacy_layout)."""
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,9 +31,6 @@ def test_files_written_by_the_old_layout_load_and_score_as_they_did(source):
 
 @pytest.mark.parametrize("weights", ["../checkpoint.pt", "/etc/passwd", "sub/model.safetensors", "", 3, ".."])
 def test_an_export_cannot_point_its_weights_outside_its_folder(tmp_path, weights):
-    import json
-    import shutil
-
     folder = tmp_path / "export"
     shutil.copytree(LEGACY / "export", folder)
     shutil.copy(LEGACY / "checkpoint.pt", tmp_path / "checkpoint.pt")
@@ -42,8 +41,6 @@ def test_an_export_cannot_point_its_weights_outside_its_folder(tmp_path, weights
 
 
 def test_an_export_weights_link_leading_outside_is_refused(tmp_path):
-    import shutil
-
     folder = tmp_path / "export"
     shutil.copytree(LEGACY / "export", folder)
     outside = tmp_path / "elsewhere.safetensors"

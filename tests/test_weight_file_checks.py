@@ -33,7 +33,6 @@ def _hf_folder(tmp_path, shard_name):
     folder = tmp_path / "hf"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "clip", "architectures": ["CLIPModel"]}))
-    (tmp_path / "outside.safetensors").parent.mkdir(exist_ok=True)
     save_file({"x": torch.zeros(1)}, str(tmp_path / "outside.safetensors"))
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": shard_name}}))
     return folder
