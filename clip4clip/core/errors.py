@@ -24,7 +24,7 @@ class CheckpointWriteError(UserError, OSError):
 @contextlib.contextmanager
 def user_errors():
     """Print ``error: <message>`` and exit with status 2 for failures a user can fix; anything
-    else keeps its traceback (a bug). CLIP4CLIP_TRACEBACK=1 shows the traceback always."""
+    else keeps its traceback and a line saying it is a bug. CLIP4CLIP_TRACEBACK=1 shows the traceback always."""
     try:
         yield
     except (FileNotFoundError, PermissionError, ValueError, KeyError, UserError) as e:
@@ -33,3 +33,9 @@ def user_errors():
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr, flush=True)
         raise SystemExit(2)
+    except Exception:
+        # Not an error a user can fix: keep the traceback, and say so, so that it is reported
+        # rather than taken for a problem with the user's files.
+        print("this is a bug in clip4clip (an unexpected error, traceback below); please report it "
+              "with the command that caused it", file=sys.stderr, flush=True)
+        raise
