@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from . import journal as journal_mod
 from . import store
+from .checks import check_entry, check_version, member_file, proxy_file, thumb_file
 from .encoder import Encoder
 from .library import LibraryFile, Skipped, find_captions, scan_library, video_key
 from .media import browser_playable, sample_for_index, write_proxy, write_thumbnail
@@ -143,12 +144,19 @@ def _exclusive(index_dir: Path) -> Iterator[None]:
 
 
 def _link(src: Path, dst: Path) -> None:
-    """Carry a file over to the new version without copying its bytes where possible."""
+    """Carry a file over to the new version without copying its bytes where possible. ``src``
+    must be a regular file: a symbolic link (in a shard built elsewhere, or a changed index)
+    would make the new version serve whatever it points to."""
+    if member_file(src.parent, src.name) is None:
+        raise store.IndexFormatError(f"{src}: missing, or not a regular file (a symbolic link?); an index's "
+                                     "thumbnails and playback copies must be its own files (re-build that index)")
     dst.unlink(missing_ok=True)  # left by an assembly that was killed
     try:
-        os.link(src, dst)
+        os.link(src, dst)  # a hard link to the regular file checked above (links are not followed)
     except OSError:
-        shutil.copy2(src, dst)
+        fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as fin, open(dst, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 16 << 20)
 
 
 def listing_digest(files: Sequence[LibraryFile]) -> str:
@@ -178,8 +186,11 @@ class _FromVersion:
         r = self.row
         video = np.asarray(self.video_emb[r["row"]], dtype=np.float32)
         frames = np.asarray(self.frame_emb[r["frame_start"]:r["frame_start"] + r["frame_count"]])
-        return ({k: r[k] for k in ROW_COLUMNS}, video, frames, self.version / "thumbs" / f"{r['id']}.jpg",
-                proxy_file(self.version, r["id"]) if r["media"] == "proxy" else None)
+        proxy = proxy_file(self.version, r["id"]) if r["media"] == "proxy" else None
+        if r["media"] == "proxy" and proxy is None:
+            raise store.IndexFormatError(f"{self.version / 'media'}: the playback copy of video {r['id']} is "
+                                         "missing or not a regular file (a symbolic link?); re-build that index")
+        return {k: r[k] for k in ROW_COLUMNS}, video, frames, self.version / "thumbs" / f"{r['id']}.jpg", proxy
 
 
 class _FromJournal:
@@ -193,20 +204,11 @@ class _FromJournal:
         return e.row, e.video, e.frames, e.thumb, e.media
 
 
-def proxy_file(version: Path, vid: int) -> Optional[Path]:
-    """The playback copy of video ``vid`` in a version folder (H.264 .mp4 or VP8 .webm)."""
-    for ext in (".mp4", ".webm"):
-        p = version / "media" / f"{int(vid)}{ext}"
-        if p.is_file():
-            return p
-    return None
-
-
 def _outputs_intact(old: Path, prev: sqlite3.Row, proxies: str) -> bool:
     """The old version has everything this video needs: its thumbnail, and its playback copy
     when one is wanted. After a power cut they may be missing (they are not fsynced), and an
     index built with ``--proxies off`` has none; the video is then simply encoded again."""
-    if not (old / "thumbs" / f"{prev['id']}.jpg").is_file():
+    if thumb_file(old, prev["id"]) is None:
         return False
     if prev["media"] == "none" and proxies == "auto":
         return False
@@ -249,6 +251,17 @@ def _select_files(videos: Path, out: Path, only: Union[None, Iterable[str], Call
                       "listing": listing_digest(files)}
         files = shard_slice(files, *shard)
     return files, skipped, shard_meta
+
+
+def _checked_old(old: Optional[Path], dim: Optional[int]) -> Dict:
+    """The metadata of the version an update starts from (checked as a search would check it),
+    or {} when there is none."""
+    if old is None:
+        return {}
+    try:
+        return check_version(old, dim)
+    except store.IndexFormatError as e:
+        raise store.IndexFormatError(f"{e} (or pass --rebuild to index the library from scratch)") from None
 
 
 def _check_previous(meta_old: Dict, encoder: Encoder, out: Path, videos: Path,
@@ -321,9 +334,9 @@ def build_index(videos: Path, out: Path, encoder: Encoder, *, proxies: str = "au
                          shard=tuple(shard) if shard is not None else None)
     with _exclusive(out):
         old = None if rebuild else store.current_version(out)
+        meta_old = _checked_old(old, encoder.embed_dim)
         old_db = store.open_db(old) if old else None
         try:
-            meta_old = store.read_meta(old_db) if old_db else {}
             if old_db:
                 _check_previous(meta_old, encoder, out, videos, log)
             key = {"fingerprint": encoder.fingerprint, "sampling": encoder.sampling.to_dict(), "proxies": proxies}
@@ -493,6 +506,9 @@ def _finish(build: Path, sources: Dict[str, object], old_rows: Dict[str, sqlite3
     try:
         for relpath, src in sources.items():
             row, video, frames, thumb, media = src.load()
+            problem = check_entry(row, video, frames, dim)
+            if problem is not None:  # sources are checked when opened: this is the last guard
+                raise store.IndexFormatError(f"{relpath}: its entry has a bad {problem}; re-index")
             prev = old_rows.get(relpath)
             if prev is not None:
                 vid = int(prev["id"])
@@ -569,8 +585,7 @@ def _read_partials(partials: Sequence[Path]) -> List[Tuple[Path, Path, Dict]]:
     for p in partials:
         p = Path(p).expanduser().resolve()
         version = store.require_version(p)
-        with contextlib.closing(store.open_db(version)) as db:
-            meta = store.read_meta(db)
+        meta = check_version(version)  # a shard may come from another machine: trust nothing in it
         if not meta.get("shard"):
             raise ValueError(f"{p} is not a partial index (build one with 'index --shard I/N')")
         if meta.get("format") != store.FORMAT:
@@ -682,9 +697,9 @@ def merge_indexes(partials: Sequence[Path], out: Path, *, faiss: Optional[bool] 
     opened = []
     with _exclusive(out):
         old = store.current_version(out)
+        meta_old = _checked_old(old, None)
         old_db = store.open_db(old) if old else None
         try:
-            meta_old = store.read_meta(old_db) if old_db else {}
             if old_db:
                 _check_merge_target(meta_old, first, out)
             old_rows = {r["relpath"]: r for r in old_db.execute("SELECT * FROM videos")} if old_db else {}

@@ -18,6 +18,8 @@ from typing import Any, Dict, Iterable, Optional
 
 import numpy as np
 
+from .checks import check_entry, member_file
+
 NAME = "journal.sqlite"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,6 +59,17 @@ class Journal:
 
     def __init__(self, build: Path, key: Dict[str, Any], dim: int):
         self.build, self.dim = Path(build), int(dim)
+        try:
+            self._open(key)
+        except sqlite3.DatabaseError:
+            # A journal damaged beyond SQLite's recovery (a disk error, a file overwritten):
+            # start it afresh rather than fail every run the same way; its videos are re-encoded.
+            self.db.close()
+            for suffix in ("", "-wal", "-shm"):
+                (self.build / (NAME + suffix)).unlink(missing_ok=True)
+            self._open(key)
+
+    def _open(self, key: Dict[str, Any]) -> None:
         self.db = sqlite3.connect(self.build / NAME)
         # WAL + NORMAL: a commit survives the process being killed (not a power cut, which at
         # worst loses the last batch); far fewer fsyncs than the default.
@@ -94,19 +107,43 @@ class Journal:
             self._have[r[0]] = (r[1], r[2])
 
     def get(self, relpath: str) -> Optional[Entry]:
-        """The journaled video, or None when it is not there or its thumbnail or playback copy
-        went missing (then it is simply encoded again)."""
+        """The journaled video, or None when it is not there, its thumbnail or playback copy
+        went missing, or its row is corrupt (then the row is dropped and the video is simply
+        encoded again: one bad row must not make every later run fail)."""
         r = self.db.execute("SELECT row, video, frames, thumb, media FROM encoded WHERE relpath = ?",
                             (relpath,)).fetchone()
         if r is None:
             return None
-        thumb = self.build / "thumbs" / r[3]
-        media = self.build / "media" / r[4] if r[4] else None
-        if not thumb.is_file() or (media is not None and not media.is_file()):
+        entry = self._entry(relpath, r)
+        if entry is None:
+            self.db.execute("DELETE FROM encoded WHERE relpath = ?", (relpath,))
+            self.db.commit()
+            self._have.pop(relpath, None)
+        return entry
+
+    def _entry(self, relpath: str, r: tuple) -> Optional[Entry]:
+        """The Entry of journal row ``r`` (row, video, frames, thumb, media), or None when any
+        part of it is missing or does not fit the rest."""
+        row_text, video, frames, thumb_name, media_name = r
+        name = stem(relpath)
+        if thumb_name != name + ".jpg" or media_name not in (None, name + ".mp4", name + ".webm"):
+            return None  # our names only: a name read from the file must not lead elsewhere
+        thumb = member_file(self.build / "thumbs", thumb_name)
+        media = member_file(self.build / "media", media_name) if media_name else None
+        if thumb is None or (media_name and media is None):
             return None
-        video = np.frombuffer(r[1], dtype=np.float32)
-        frames = np.frombuffer(r[2], dtype=np.float16).reshape(-1, self.dim)
-        return Entry(relpath, json.loads(r[0]), video, frames, thumb, media)
+        if not isinstance(video, bytes) or not isinstance(frames, bytes) or len(video) != 4 * self.dim \
+                or not frames or len(frames) % (2 * self.dim):
+            return None
+        try:
+            row = json.loads(row_text)
+        except (TypeError, ValueError):
+            return None
+        video = np.frombuffer(video, dtype=np.float32)
+        frames = np.frombuffer(frames, dtype=np.float16).reshape(-1, self.dim)
+        if not isinstance(row, dict) or row.get("relpath") != relpath or check_entry(row, video, frames, self.dim):
+            return None
+        return Entry(relpath, row, video, frames, thumb, media)
 
     def close(self) -> None:
         self.db.close()
@@ -124,9 +161,9 @@ class Journal:
 def read_key(db: sqlite3.Connection) -> Optional[Dict[str, Any]]:
     try:
         row = db.execute("SELECT value FROM meta WHERE key = 'key'").fetchone()
-    except sqlite3.DatabaseError:
+        return json.loads(row[0]) if row else None
+    except (sqlite3.DatabaseError, TypeError, ValueError):
         return None
-    return json.loads(row[0]) if row else None
 
 
 def resumable(build: Path, key: Dict[str, Any]) -> bool:

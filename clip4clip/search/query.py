@@ -26,12 +26,13 @@ import numpy as np
 import torch
 
 from . import store
+from .checks import MAX_ID, check_version, is_confined, proxy_file, thumb_file
 from .encoder import Encoder, TextUse
+from .library import VIDEO_EXTENSIONS
 from .segments import best_segment
 
 BACKENDS = ("auto", "exact", "faiss")
 #: Ids are SQLite integers: anything outside this range is no video (and would overflow SQLite).
-MAX_ID = 2 ** 63 - 1
 #: Longest query accepted (characters); longer ones are refused, never silently cut.
 MAX_QUERY_CHARS = 500
 #: Words of a query used for caption matching (FTS5 cost grows with the number of terms).
@@ -153,6 +154,9 @@ class SearchIndex:
         self._lock = threading.Lock()
         self._db = store.open_db(version)
         emb = np.load(version / "video_emb.npy", mmap_mode="r")
+        if emb.shape[1] != encoder.embed_dim:
+            raise store.IndexFormatError(f"{version / 'video_emb.npy'}: {emb.shape[1]}-wide embeddings, but the "
+                                         f"model gives {encoder.embed_dim}; re-index")
         fpath = version / "videos.faiss"
         if backend == "auto":
             from .ann import AUTO_FAISS_VIDEOS, faiss_available
@@ -185,9 +189,7 @@ class SearchIndex:
         fingerprint; ``library`` overrides where the videos are (a moved library)."""
         path = Path(path).expanduser().resolve()
         version = store.require_version(path)
-        with store.open_db(version) as db:
-            meta = store.read_meta(db)
-        db.close()
+        meta = check_version(version)  # a broken index is named now, not by the first query
         if encoder is None:
             source = checkpoint or meta["model"]["checkpoint"]
             s = meta["sampling"]
@@ -211,11 +213,9 @@ class SearchIndex:
         if version is None or version == self.version:
             return self
         try:
-            with store.open_db(version) as db:
-                meta = store.read_meta(db)
-            db.close()
+            meta = check_version(version, self.encoder.embed_dim)
         except (OSError, sqlite3.Error, store.IndexFormatError):
-            return self  # deleted again in the meantime, or unreadable: keep serving what we have
+            return self  # deleted again in the meantime, or broken: keep serving what we have
         if meta["fingerprint"] != self.encoder.fingerprint:
             return self  # re-indexed with another model (--rebuild): keep serving what we have
         return SearchIndex(self.path, version, meta, self.encoder, self.requested_backend, self.library)
@@ -383,7 +383,6 @@ class SearchIndex:
             return None
         media = self._query("SELECT media FROM videos WHERE id = ?", (int(vid),))[0][0]
         if media == "proxy":
-            from .indexer import proxy_file
             return proxy_file(self.version, vid)
         return original if media == "original" else None
 
@@ -394,14 +393,20 @@ class SearchIndex:
         rows = self._query("SELECT relpath FROM videos WHERE id = ?", (int(vid),))
         if not rows:
             return None
-        p = (self.library / rows[0][0]).resolve()
+        relpath = rows[0][0]
+        # Only what the indexer could have indexed: a video file under the library (the index
+        # names both, so a changed index must not make the server hand out other files).
+        if not is_confined(self.library, relpath) or not relpath.lower().endswith(VIDEO_EXTENSIONS):
+            return None
+        p = (self.library / relpath).resolve()
         return p if p.is_relative_to(self.library) and p.is_file() else None
 
     def thumb_path(self, vid: int) -> Optional[Path]:
+        """The thumbnail of video ``vid``: a regular file in the version's ``thumbs/`` (never a
+        symbolic link), or None."""
         if not _valid_id(vid):
             return None
-        p = self.version / "thumbs" / f"{int(vid)}.jpg"
-        return p if p.is_file() else None
+        return thumb_file(self.version, vid)
 
 
 def _valid_id(vid) -> bool:

@@ -225,13 +225,6 @@ def open_db(version: Path) -> sqlite3.Connection:
     return db
 
 
-def read_meta(db: sqlite3.Connection) -> Dict[str, Any]:
-    meta = {row[0]: json.loads(row[1]) for row in db.execute("SELECT key, value FROM meta")}
-    if meta.get("format") not in READABLE_FORMATS:
-        raise IndexFormatError(f"index format {meta.get('format')!r}; this code reads {list(READABLE_FORMATS)}")
-    return meta
-
-
 def write_meta(db: sqlite3.Connection, meta: Dict[str, Any]) -> None:
     db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                    [(k, json.dumps(v, sort_keys=True)) for k, v in meta.items()])
