@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Type
 
+from .defaults import with_video_defaults
 from .frames.store import default_frame_cache_dir
 from .readers.activitynet import ActivityNetDataset
 from .readers.base import EmptySplitError, MissingDataError, MissingVideosWarning, VideoTextDataset
@@ -74,9 +75,9 @@ def split_sampling(cfg: Mapping, split: str):
 def frame_cache_dir(cfg: Mapping, root: Path, scheme: str) -> Path:
     """Where the frame cache of ``scheme`` lives: ``dataset.frame_cache.dir`` (``{keyframes}`` and
     ``{size}`` in it are filled in) or ``<root>/frames/<scheme>-<size>``."""
-    fc = cfg.get("frame_cache") or {}
-    size = int(fc.get("size", 224))
-    if fc.get("dir"):
+    fc = with_video_defaults(cfg)["frame_cache"]
+    size = int(fc["size"])
+    if fc["dir"]:
         return Path(str(fc["dir"]).replace("{keyframes}", scheme).replace("{size}", str(size))).expanduser()
     return default_frame_cache_dir(root, scheme, size)
 
@@ -91,20 +92,21 @@ def build_split(cfg: Mapping, root: Path, split: str, image_size: int, seed: int
     Training items of unreadable videos come back marked ``broken`` (``dataset.skip_broken``),
     which ``TokenizeCollate`` drops and counts; val/test splits are checked up front instead.
     """
+    cfg = with_video_defaults(cfg)  # a partial config takes the YAML defaults, not values written here
     reader = _reader(cfg.get("name"))
     sampling = split_sampling(cfg, split)
-    fc = cfg.get("frame_cache") or {}
+    fc = cfg["frame_cache"]
     train = split == "train"
     options = dict(
         split=split, sampling=sampling, caption_mode=cfg.get("caption_mode") if train else "all",
-        frame_order=cfg.get("frame_order", "normal") if train else cfg.get("eval_frame_order", "normal"),
-        image_size=image_size, seed=seed, normalize=bool(cfg.get("normalize", True)),
-        frame_cache=fc.get("use", "auto"), frame_cache_dir=frame_cache_dir(cfg, root, sampling.scheme),
-        frame_cache_size=int(fc.get("size", 224)), frame_cache_format=fc.get("format", "auto"),
-        cache_frames=bool(cfg.get("cache_frames", False)),
-        cache_budget_bytes=int(float(cfg.get("cache_budget_gb", 2.0)) * 2 ** 30),
-        skip_broken=train and bool(cfg.get("skip_broken", True)),
-        allow_missing=bool(cfg.get("allow_missing", False)) if allow_missing is None else allow_missing,
+        frame_order=cfg["frame_order"] if train else cfg["eval_frame_order"],
+        image_size=image_size, seed=seed, normalize=bool(cfg["normalize"]),
+        frame_cache=fc["use"], frame_cache_dir=frame_cache_dir(cfg, root, sampling.scheme),
+        frame_cache_size=int(fc["size"]), frame_cache_format=fc["format"],
+        cache_frames=bool(cfg["cache_frames"]),
+        cache_budget_bytes=int(float(cfg["cache_budget_gb"]) * 2 ** 30),
+        skip_broken=train and bool(cfg["skip_broken"]),
+        allow_missing=bool(cfg["allow_missing"]) if allow_missing is None else allow_missing,
         verify=verify, progress=progress,
     )
     # File names only when the config gives them: each reader owns its defaults.
@@ -117,7 +119,8 @@ def dataset_videos(cfg: Mapping, root: Path) -> Tuple[Dict[str, Path], Dict[str,
     (video id -> file, video id -> what was looked for, for the missing ones). For extract_frames.py.
     Raises the first split's MissingDataError when no split has its annotation files."""
     # Listing only: no cache, no up-front checks, missing videos dropped rather than fatal.
-    listing = {**cfg, "frame_cache": {**(cfg.get("frame_cache") or {}), "use": False}, "cache_frames": False}
+    cfg = with_video_defaults(cfg)
+    listing = {**cfg, "frame_cache": {**cfg["frame_cache"], "use": False}, "cache_frames": False}
     found: Dict[str, Path] = {}
     missing: Dict[str, str] = {}
     errors = []

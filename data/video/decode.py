@@ -33,6 +33,7 @@ import numpy as np
 
 from clip4clip.core.errors import UserError
 
+from ..defaults import video_defaults
 from . import seeking
 
 __all__ = [
@@ -70,9 +71,9 @@ cv2.setNumThreads(1)
 
 SLICE_FRAMEPOS = ("head", "tail", "uniform")
 FRAME_ORDERS = ("normal", "reverse", "random")
-#: Frames per clip when nothing says otherwise (CLIP4Clip's 12): the one place this default is
-#: written; ``KeyframeParams`` and the sampling functions take it from here.
-DEFAULT_MAX_FRAMES = 12
+#: Frames per clip when nothing says otherwise (CLIP4Clip's 12): the dataset config's
+#: ``max_frames`` (configs/dataset/base/video.yaml, where the default is written once).
+DEFAULT_MAX_FRAMES = video_defaults()["max_frames"]
 
 #: ``sample_frame_indices`` rules: "exact" (time-based) or "official" (CLIP4Clip's own indices).
 FRAME_RULES = ("exact", "official")

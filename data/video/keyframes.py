@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from ..defaults import video_defaults, with_video_defaults
 from .decode import (
-    DEFAULT_MAX_FRAMES,
     FRAME_RULES,
     SLICE_FRAMEPOS,
     VideoReadError,
@@ -46,6 +46,7 @@ from .decode import (
 __all__ = ["SCHEMES", "KeyframeParams", "Keyframes", "diff_score_image", "select_keyframes", "top_k_in_order"]
 
 SCHEMES = ("uniform", "maxdiff")
+_DEFAULTS = video_defaults()
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,14 @@ class KeyframeParams:
     pixels of the source frame; 0 or 1 = no blur).
     """
 
-    scheme: str = "uniform"
-    max_frames: int = DEFAULT_MAX_FRAMES
-    fps: float = 1.0
-    slice_framepos: str = "uniform"
-    step: int = 1
-    blur: int = 9
-    rule: str = "exact"
+    # The defaults are the dataset config's (configs/dataset/base/video.yaml), written once there.
+    scheme: str = _DEFAULTS["keyframes"]
+    max_frames: int = _DEFAULTS["max_frames"]
+    fps: float = float(_DEFAULTS["fps"])
+    slice_framepos: str = _DEFAULTS["slice_framepos"]
+    step: int = _DEFAULTS["maxdiff"]["step"]
+    blur: int = _DEFAULTS["maxdiff"]["blur"]
+    rule: str = _DEFAULTS["frame_rule"]
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -110,14 +112,14 @@ class KeyframeParams:
         """The sampling of ``split`` from a ``dataset`` config (plain mapping or OmegaConf): the one
         place config values become frame sampling, for datasets, extraction and search alike.
         ``keyframes`` is the train scheme, ``eval_keyframes`` that of val/test (two values, so a
-        train x test comparison is one sweep); keys that are absent take the class defaults."""
-        get = cfg.get
-        scheme = get("keyframes") if split == "train" else (get("eval_keyframes") or get("keyframes"))
-        md = get("maxdiff") or {}
-        fps = get("fps")
-        return cls.build(scheme=scheme, max_frames=get("max_frames"), fps=None if fps is None else float(fps),
-                         slice_framepos=get("slice_framepos"), step=md.get("step"), blur=md.get("blur"),
-                         rule=get("frame_rule"))
+        train x test comparison is one sweep); keys that are absent take the YAML defaults."""
+        cfg = with_video_defaults(cfg)
+        scheme = cfg["keyframes"] if split == "train" else (cfg["eval_keyframes"] or cfg["keyframes"])
+        md = cfg["maxdiff"]
+        fps = cfg["fps"]
+        return cls.build(scheme=scheme, max_frames=cfg["max_frames"], fps=None if fps is None else float(fps),
+                         slice_framepos=cfg["slice_framepos"], step=md["step"], blur=md["blur"],
+                         rule=cfg["frame_rule"])
 
     def relevant(self) -> dict:
         """The fields that change the selected frames for this scheme (stored in cache manifests,
