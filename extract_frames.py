@@ -21,17 +21,20 @@ from clip4clip.core.errors import user_errors
 
 def settings_from_config(cfg) -> Any:
     """ExtractSettings from the composed extract_frames config."""
+    from clip4clip.engine.config_values import flag, positive_number, whole_number
     from data import KeyframeParams
     from data.frames.extract import ExtractSettings
     workers = cfg.get("workers", "auto")
-    workers = min(8, os.cpu_count() or 1) if workers in (None, "auto") else int(workers)
+    workers = min(8, os.cpu_count() or 1) if workers in (None, "auto") else whole_number(workers, "workers", 0)
+    # Each value named as given (int('abc') and NaN's `<= 0` would not say which one is wrong).
+    positive_number(cfg.get("fps"), "fps", optional=True)
     # The extraction config carries the same keys as a dataset config (keyframes, fps,
     # max_frames, slice_framepos, maxdiff): one conversion for both.
     kf = KeyframeParams.from_config(cfg, "train")
-    return ExtractSettings(keyframes=kf, size=int(cfg["size"]), formats=tuple(cfg["formats"]),
-                           jpeg_quality=int(cfg["jpeg_quality"]), workers=workers,
-                           overwrite=bool(cfg["overwrite"]), retry_failed=bool(cfg["retry_failed"]),
-                           progress=bool(cfg["progress"]))
+    return ExtractSettings(keyframes=kf, size=whole_number(cfg["size"], "size"), formats=tuple(cfg["formats"]),
+                           jpeg_quality=whole_number(cfg["jpeg_quality"], "jpeg_quality"), workers=workers,
+                           overwrite=flag(cfg["overwrite"], "overwrite"),
+                           retry_failed=flag(cfg["retry_failed"], "retry_failed"), progress=flag(cfg["progress"], "progress"))
 
 
 def run_extraction(cfg) -> Tuple[Any, dict]:

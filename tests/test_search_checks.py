@@ -195,7 +195,7 @@ BROKEN = {
     "no full-text table": (_no_fts, r"meta\.sqlite: table captions_fts is missing"),
     "random meta.sqlite": (_random_db, r"meta\.sqlite: .*(not a readable SQLite|unreadable)"),
     "truncated meta.sqlite": (_truncated_db, r"meta\.sqlite: "),
-    "garbage npy header": (_garbage_npy, r"video_emb\.npy: not a readable \.npy file"),
+    "garbage npy header": (_garbage_npy, r"video_emb\.npy: not a valid \.npy file"),
     "frame width differs": (_wrong_width, r"embeddings are \d+-wide"),
     "row past video_emb": (_row_out_of_range, r"video \d+ has a bad row"),
     "text in an integer column": (_text_size, r"video \d+ has a bad size"),

@@ -304,13 +304,22 @@ def test_index_size_is_in_the_api_and_the_page(real_ro):
     assert "for a library of" in real_ro["client"].get("/").get_data(as_text=True)
 
 
+def _run_until_closed(server) -> None:
+    """waitress's loop, ended by ``server.close()`` from the test thread (its select() then sees
+    the closed socket: EBADF is how this loop learns it is over, not a failure)."""
+    try:
+        server.run()
+    except OSError:
+        pass
+
+
 def test_served_by_waitress(real_ro):
     import json
     import threading
     import urllib.request
     from clip4clip.search.web import make_server
     server = make_server(real_ro["index"], "127.0.0.1", 0, threads=2)
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=_run_until_closed, args=(server,), daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.effective_port}"
@@ -321,6 +330,58 @@ def test_served_by_waitress(real_ro):
             urllib.request.urlopen(url + f"/api/video/{2 ** 64}", timeout=30)
         except urllib.error.HTTPError as e:
             assert e.code == 404 and json.load(e)["error"] == "not found"
+    finally:
+        server.close()
+        thread.join(timeout=10)
+
+
+def test_thumb_treats_a_malformed_range_as_media_does(real_ro):
+    """RFC 9110: /thumb, like /media, ignores a Range it cannot use (200, the whole thumbnail);
+    only a well-formed range outside the file is 416."""
+    client, vid = real_ro["client"], real_ro["ids"]["arm_wrestling.mp4"]
+    whole = client.get(f"/thumb/{vid}")
+    assert whole.status_code == 200 and whole.mimetype == "image/jpeg"
+    size = len(whole.data)
+    for header in ("bytes=abc", "bytes=5-1", "bytes", "bytes=-", "items=0-5", "bytes=0-1,5-6", "0-100", "bytes=1-2-3"):
+        for route in ("thumb", "media"):
+            r = client.get(f"/{route}/{vid}", headers={"Range": header})
+            assert r.status_code == 200, (route, header, r.status_code)
+        assert client.get(f"/thumb/{vid}", headers={"Range": header}).data == whole.data
+    assert client.get(f"/thumb/{vid}", headers={"Range": f"bytes={size + 10}-"}).status_code == 416
+    part = client.get(f"/thumb/{vid}", headers={"Range": "bytes=0-9"})
+    assert part.status_code == 206 and part.data == whole.data[:10]
+
+
+def test_over_long_requests_are_431_json_on_the_api_through_waitress(real_ro):
+    """A query pasted into a URL past 256 KB got waitress's own plain-text 431; the app now
+    answers it below waitress's (raised) limit: JSON on /api, an HTML page elsewhere."""
+    import http.client
+    import json
+    import threading
+    from clip4clip.search.web import MAX_HEADER_BYTES, make_server
+    server = make_server(real_ro["index"], "127.0.0.1", 0, threads=2)
+    thread = threading.Thread(target=_run_until_closed, args=(server,), daemon=True)
+    thread.start()
+
+    def get(path: str):
+        conn = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=30)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, r.getheader("Content-Type"), r.read()
+        finally:
+            conn.close()
+    try:
+        long_q = "a" * (300 << 10)
+        status, kind, body = get(f"/api/search?q={long_q}")
+        assert (status, kind) == (431, "application/json"), (status, kind, body[:200])
+        payload = json.loads(body)
+        assert payload["status"] == 431 and payload["error"].startswith("the request's URL and headers are ")
+        assert payload["error"].endswith(f"bytes; the limit is {MAX_HEADER_BYTES}")
+        status, kind, body = get(f"/?q={long_q}")
+        assert status == 431 and kind.startswith("text/html") and b"Request too large" in body
+        assert get("/api/search?q=people&k=2")[0] == 200
+        assert get(f"/api/search?q={'b' * 2000}")[0] == 400  # under the bound: the query's own limit, as before
     finally:
         server.close()
         thread.join(timeout=10)

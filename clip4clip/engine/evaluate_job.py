@@ -60,8 +60,24 @@ def training_querybank(dcfg: Mapping, root, post: Postprocess, image_size: int, 
     return draw_querybank(train.captions, post.querybank_size, post.querybank_seed)
 
 
+#: What ``checkpoint=`` accepts, for the message when it is not given.
+CHECKPOINT_KINDS = ("a training run folder (its best checkpoint), a best.pt or last.pt, a folder written by "
+                    "python -m clip4clip.export, an official CLIP4Clip pytorch_model.bin.N, a released CLIP name "
+                    "(ViT-B/32) or a CLIP weights file")
+
+
+def checkpoint_argument(composed: Mapping) -> str:
+    """``checkpoint``, which has no default: Hydra leaves its '???' (a missing value) in the
+    config, which would otherwise be looked up as a file named '???'."""
+    value = composed.get("checkpoint")
+    if value is None or str(value).strip() in ("", "???"):
+        raise ValueError(f"checkpoint is required: python evaluate.py checkpoint=PATH, where PATH is {CHECKPOINT_KINDS}")
+    return str(value)
+
+
 def run_evaluation(cfg, overrides: Iterable[str] = ()) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     composed = to_plain(cfg)
+    checkpoint_argument(composed)
     post = Postprocess.from_config(composed.get("eval"))  # a bad value is refused before anything is read
     out = check_output_dir(composed["paths"]["output_dir"])
     kind, payload, source = read_checkpoint(str(composed["checkpoint"]))  # a file, run folder or CLIP name

@@ -35,6 +35,7 @@ from .optim import build_optimizer, build_scheduler, pretrained_names
 from .precision import grad_scaler, resolve_device, resolve_precision
 from .sampler import EpochSampler
 from .tensorboard import Logger
+from .resume import check_resume_checkpoint
 from .run_folder import check_output_dir, save_config, write_json
 from .trainer import Trainer, TrainOptions, TrainParts
 
@@ -173,7 +174,7 @@ def _prepare_run(config: dict, info: DistInfo, device: torch.device):
     if info.is_main:  # debris of writes killed in an earlier run of this folder
         for folder in (out, out / "checkpoints"):
             remove_stale_tmp(folder)
-    resume_ckpt = load_checkpoint(resolve_resume_path(tr["resume"])) if tr.get("resume") else None
+    resume_ckpt = _resume_checkpoint(tr["resume"]) if tr.get("resume") else None
     if tr.get("threads"):
         torch.set_num_threads(int(tr["threads"]))
     if tr.get("keep_freed_memory", True) and device.type == "cpu":  # a bool: checked in run_training
@@ -184,6 +185,14 @@ def _prepare_run(config: dict, info: DistInfo, device: torch.device):
     if resolve_normalize_on_device(tr.get("normalize_on_device", "auto"), device):
         dcfg = {**dcfg, "normalize": False}  # uint8 frames: 4x less to copy; normalised on the device
     return out, resume_ckpt, precision, progress, dcfg
+
+
+def _resume_checkpoint(resume) -> dict:
+    """The checkpoint ``trainer.resume`` names, checked before anything is built from it."""
+    path = resolve_resume_path(resume)
+    ckpt = load_checkpoint(path)
+    check_resume_checkpoint(ckpt, path)
+    return ckpt
 
 
 def _datasets(dcfg: dict, config: dict, info: DistInfo, progress: bool):

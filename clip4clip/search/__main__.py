@@ -2,12 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import math
+import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 SPLITS = ("train", "val", "test")
+#: Most frames of a video embedding (--max-frames) when the head has no position table to say
+#: it: twice the longest sampling of our dataset configs (64); each frame is padded into every
+#: clip of a batch (16 clips x 128 frames x 224 px x 3 x float32 = 1.2 GB), and 100000 frames
+#: padded one 32 px clip to 1.1 GiB.
+MAX_FRAMES = 128
+#: Most moment frames per video (--moment-frames): decoded and kept at once (1024 x 224 px:
+#: 154 MB of uint8).
+MAX_MOMENT_FRAMES = 1024
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,9 +37,10 @@ def _parser() -> argparse.ArgumentParser:
                          "videos its reported metrics rank; train and test captions repeat each other)")
     ix.add_argument("--out", required=True, help="index folder (created, or updated if it exists)")
     ix.add_argument("--fps", type=float, help="video-embedding frames per second (default: the checkpoint's)")
-    ix.add_argument("--max-frames", type=int, help="video-embedding frames (default: the checkpoint's)")
+    ix.add_argument("--max-frames", type=int, help=f"video-embedding frames (default: the checkpoint's; <= {MAX_FRAMES})")
     ix.add_argument("--moment-fps", type=float, default=1.0, help="frames per second scored for the best moment")
-    ix.add_argument("--moment-frames", type=int, default=64, help="at most this many moment frames per video")
+    ix.add_argument("--moment-frames", type=int, default=64,
+                    help=f"at most this many moment frames per video (1..{MAX_MOMENT_FRAMES})")
     ix.add_argument("--proxies", choices=("auto", "off"), default="auto",
                     help="auto: make a playback copy (H.264 MP4) of videos browsers cannot play (AVI, MKV, mp4v)")
     ix.add_argument("--faiss", nargs="?", const="yes", choices=("auto", "yes", "no"), default="auto",
@@ -37,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                          "combine the N partial indexes with 'merge'")
     ix.add_argument("--rebuild", action="store_true", help="re-encode everything, even with another model")
     ix.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
-    ix.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared machine)")
+    ix.add_argument("--threads", type=int, help="torch CPU threads (1: fastest on a busy machine; 0: torch's default)")
     ix.add_argument("--bpe-vocab", help="CLIP's BPE vocabulary file (CLIP checkpoints; default: cache/download)")
     ix.add_argument("--no-progress", action="store_true")
 
@@ -52,18 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("-k", type=int, default=10, help="number of results")
     se.add_argument("--json", action="store_true", help="print JSON instead of a table")
     se.add_argument("--captions", action="store_true", help="also show the caption-match (FTS5) results")
-    se.add_argument("--threads", type=int, help="torch CPU threads")
+    se.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default)")
     _common(se)
 
     sv = sub.add_parser("serve", help="serve the search web page (waitress)")
     sv.add_argument("--index", required=True)
     sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=int, default=8000, help="TCP port, 1..65535 (0: any free port, printed)")
     sv.add_argument("--threads", type=int, default=None,
                     help="worker threads answering requests (default 4; see benchmarks/README.md, search load)")
     sv.add_argument("--torch-threads", type=int, default=1,
                     help="torch CPU threads per query (default 1: the worker threads run queries in "
-                         "parallel, and intra-op threads competing with them for the cores slow every query)")
+                         "parallel, and intra-op threads competing with them for the cores slow every query; "
+                         "0: torch's default)")
     sv.add_argument("--library", help="where the videos are now, if the library moved since indexing")
     _common(sv)
     return p
@@ -75,6 +89,80 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "from 100k videos on, when the index has it)")
     p.add_argument("--checkpoint", help="the model file, if it moved since indexing (its fingerprint is checked)")
     p.add_argument("--device", default="cpu")
+
+
+def _need(ok: bool, option: str, value, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{option} {value}: expected {expected}")
+
+
+def _check_values(args) -> None:
+    """The numbers of the command line, before any is used: ValueError naming the option
+    (NaN passed ``<= 0``, --port 70000 listened on 4464, --threads -1 raised in torch)."""
+    for name in ("fps", "moment_fps"):
+        value = getattr(args, name, None)
+        _need(value is None or (math.isfinite(value) and value > 0), _option(name), value, "a finite number > 0")
+    for name, high in (("max_frames", MAX_FRAMES), ("moment_frames", MAX_MOMENT_FRAMES)):
+        value = getattr(args, name, None)
+        _need(value is None or 1 <= value <= high, _option(name), value, f"a number of frames 1..{high}")
+    for name in ("threads", "torch_threads"):
+        value = getattr(args, name, None)
+        if args.command == "serve" and name == "threads":  # waitress's workers: None means 4
+            _need(value is None or value >= 1, "--threads", value, "a number of worker threads >= 1")
+        else:
+            _need(value is None or value >= 0, _option(name), value, "a number of threads >= 1 (0: torch's default)")
+    if args.command == "serve":
+        _need(0 <= args.port <= 65535, "--port", args.port, "a TCP port 1..65535 (0: any free port)")
+    if args.command == "search":
+        _need(args.k >= 1, "-k", args.k, "a number of results >= 1")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_head_frames(encoder, args) -> None:
+    """--max-frames within the head's position table (seqTransf, tightTransf), if it has one."""
+    limit = encoder.model.head.max_frames
+    if args.max_frames is not None and limit is not None and args.max_frames > limit:
+        raise ValueError(f"--max-frames {args.max_frames}: the {encoder.model.head.name} head of {args.checkpoint} "
+                         f"takes at most {limit} frames (its position table)")
+
+
+def _about(e: OSError, out: Path) -> bool:
+    """Whether ``e`` is about --out: a file in it, or a folder above it (being created). A
+    write that fills the disk often names no file."""
+    if not isinstance(e.filename, (str, bytes, os.PathLike)):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    # Both resolved, as the indexer resolves --out.
+    path, out = Path(os.path.realpath(os.fsdecode(e.filename))), Path(os.path.realpath(out))
+    return path == out or path.is_relative_to(out) or out.is_relative_to(path)
+
+
+#: OS errors of writing somewhere the user can change (permissions, read-only, full, missing).
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+                 errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+@contextlib.contextmanager
+def _writing_out(out: Path) -> Iterator[None]:
+    """Failures to write the index folder --out as one-line errors naming it: the index code
+    raises FileExistsError (a folder that is not an index), OSError (read-only, disk full) and
+    RuntimeError (another indexer holds its lock), none of which ``user_errors`` takes for a
+    problem the user can fix."""
+    try:
+        yield
+    except FileExistsError as e:  # store.check_index_dir's message names --out already
+        raise ValueError(str(e) if e.errno is None else f"--out {out}: {e.strerror}: {e.filename}") from None
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS or not _about(e, out):
+            raise
+        reason = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror
+        raise ValueError(f"--out {out}: cannot write {e.filename or out}: {reason}") from None
+    except RuntimeError as e:
+        if not str(e).startswith("another indexer is writing"):
+            raise
+        raise ValueError(str(e)) from None
 
 
 def _faiss(value: str) -> Optional[bool]:
@@ -117,6 +205,7 @@ def _index(args) -> int:
     shard = _shard(args.shard)
     encoder = Encoder.load(args.checkpoint, fps=args.fps, max_frames=args.max_frames, moment_fps=args.moment_fps,
                            moment_frames=args.moment_frames, device=args.device, bpe_vocab=args.bpe_vocab)
+    _check_head_frames(encoder, args)
     if encoder.device.type == "cpu":
         from ..core.cpu_memory import keep_freed_memory
         keep_freed_memory()  # each batch's freed memory serves the next (no page faults; same embeddings)
@@ -126,8 +215,9 @@ def _index(args) -> int:
         ids = set(split_video_ids(_dataset_cfg(encoder), args.split))
         print(f"indexing the {len(ids)} videos of the {args.split} split", flush=True)
         only = lambda rel: video_key(rel) in ids  # noqa: E731
-    report = build_index(videos, Path(args.out), encoder, proxies=args.proxies, faiss=_faiss(args.faiss),
-                         rebuild=args.rebuild, progress=not args.no_progress, only=only, shard=shard)
+    with _writing_out(Path(args.out)):
+        report = build_index(videos, Path(args.out), encoder, proxies=args.proxies, faiss=_faiss(args.faiss),
+                             rebuild=args.rebuild, progress=not args.no_progress, only=only, shard=shard)
     print(report.summary(), flush=True)
     if report.failed and report.num_videos == 0:
         print("error: no video could be indexed", file=sys.stderr)
@@ -137,7 +227,8 @@ def _index(args) -> int:
 
 def _merge(args) -> int:
     from .indexer import merge_indexes
-    report = merge_indexes([Path(p) for p in args.partials], Path(args.out), faiss=_faiss(args.faiss))
+    with _writing_out(Path(args.out)):
+        report = merge_indexes([Path(p) for p in args.partials], Path(args.out), faiss=_faiss(args.faiss))
     print(report.summary(), flush=True)
     return 0
 
@@ -207,12 +298,13 @@ def _serve(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    torch_threads = args.torch_threads if args.command == "serve" else getattr(args, "threads", None)
-    if torch_threads:
-        import torch
-        torch.set_num_threads(torch_threads)
     from ..core.errors import user_errors
     with user_errors():
+        _check_values(args)
+        torch_threads = args.torch_threads if args.command == "serve" else getattr(args, "threads", None)
+        if torch_threads:
+            import torch
+            torch.set_num_threads(torch_threads)
         return {"index": _index, "merge": _merge, "search": _search, "serve": _serve}[args.command](args)
 
 

@@ -18,6 +18,8 @@ faiss is installed. Below it the exact float32 scan is fast enough and exact.
 from __future__ import annotations
 
 import math
+import os
+import struct
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -106,8 +108,68 @@ def save_faiss_index(index, path: Path) -> None:
     require_faiss().write_index(index, str(path))
 
 
-def load_faiss_index(path: Path):
-    return require_faiss().read_index(str(path))
+#: The first four bytes of the FAISS files ``build_faiss_index`` writes (IndexFlatIP,
+#: IndexIVFScalarQuantizer, IndexIVFFlat, IndexHNSWFlat).
+FAISS_MAGICS = {b"IxFI": "flat", b"IwSq": "ivf_sq8", b"IwFl": "ivf_flat", b"IHNf": "hnsw"}
+#: Least bytes a vector of d dimensions takes in each kind: float32 codes, or 8-bit codes, plus
+#: an 8-byte id in IVF lists.
+_VECTOR_BYTES = {"flat": lambda d: 4 * d, "ivf_sq8": lambda d: d + 8, "ivf_flat": lambda d: 4 * d + 8,
+                 "hnsw": lambda d: 4 * d}
+#: fourcc, then faiss's index header: d (int32), ntotal (int64), two int64 dummies, is_trained
+#: (1 byte), metric (int32).
+_HEADER = struct.Struct("<4siqqqBi")
+#: Widest embedding a FAISS file may claim (CLIP's largest is 1024).
+MAX_DIM = 65536
+
+
+class FaissFileError(ValueError):
+    """A FAISS file that is not one of ours or does not fit the index it belongs to."""
+
+
+def load_faiss_index(path: Path, dim: Optional[int] = None, count: Optional[int] = None):
+    """The FAISS index in ``path``. Its header is checked before faiss reads it (a random or
+    truncated file makes faiss raise a RuntimeError with a C++ trace, and a header's counts
+    size its allocations): one of the kinds ``build_faiss_index`` writes, over inner product,
+    a width in 1..MAX_DIM, and a file large enough for the vectors its header counts.
+    ``dim`` / ``count``: the width and number of vectors the caller expects (the index's
+    embeddings), compared with the header before faiss reads anything. Raises FaissFileError
+    (a ValueError) naming the file."""
+    faiss = require_faiss()
+    path = Path(path)
+    d, ntotal = _check_faiss_header(path)
+    for name, want, have in (("dimension", dim, d), ("vector count", count, ntotal)):
+        if want is not None and int(want) != have:
+            raise FaissFileError(f"{path}: FAISS {name} is {have} but the index has {want}; "
+                                 "the file belongs to another build (re-index with --faiss)")
+    try:
+        index = faiss.read_index(str(path))
+    except (RuntimeError, MemoryError) as e:
+        # faiss's message is a C++ location, then "Error: <what failed>".
+        why = (str(e).splitlines() or [type(e).__name__])[0].split("Error: ", 1)[-1]
+        raise FaissFileError(f"{path}: truncated or damaged FAISS index (faiss: {why[:160]}); "
+                             "re-index with --faiss") from None
+    if (index.d, index.ntotal) != (d, ntotal):
+        raise FaissFileError(f"{path}: FAISS read {index.ntotal} vectors of {index.d} but the header says {ntotal} of "
+                             f"{d}; re-index with --faiss")
+    return index
+
+
+def _check_faiss_header(path: Path) -> Tuple[int, int]:
+    """(d, ntotal) from the header of the FAISS file ``path``, checked against its size."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(_HEADER.size)
+    if len(head) < _HEADER.size or head[:4] not in FAISS_MAGICS:
+        what = "too short" if len(head) < _HEADER.size else f"starts with {head[:4]!r}"
+        raise FaissFileError(f"{path}: not a FAISS index of ours ({what}; expected one of "
+                             f"{sorted(m.decode() for m in FAISS_MAGICS)}); re-index with --faiss")
+    magic, d, ntotal, _, _, _, metric = _HEADER.unpack(head)
+    if metric != 0:  # faiss.METRIC_INNER_PRODUCT: the cosine ranking of L2-normalised embeddings
+        raise FaissFileError(f"{path}: FAISS index with metric {metric}, not inner product; re-index with --faiss")
+    if not 1 <= d <= MAX_DIM or ntotal < 0 or _HEADER.size + ntotal * _VECTOR_BYTES[FAISS_MAGICS[magic]](d) > size:
+        raise FaissFileError(f"{path}: FAISS header says {ntotal} vectors of {d} dimensions but the file is "
+                             f"{size} bytes (truncated or damaged); re-index with --faiss")
+    return d, ntotal
 
 
 def is_exact(index) -> bool:

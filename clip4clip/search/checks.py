@@ -23,12 +23,12 @@ import math
 import os
 import sqlite3
 import stat
-import tokenize
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
 
+from ..core.npy import NpyFormatError, read_npy_header
 from .store import READABLE_FORMATS, IndexFormatError
 
 #: Largest video id (ids are SQLite integers and appear in URLs).
@@ -172,18 +172,18 @@ def _check_meta_types(meta: Dict[str, Any], path: Path) -> None:
 
 
 def _array(path: Path, dtypes, what: str) -> np.ndarray:
-    """The 2-D array at ``path`` (memory-mapped), or a named refusal."""
+    """The 2-D array at ``path`` (memory-mapped), or a named refusal. The header is checked
+    before numpy reads it (a garbage one made numpy's parser raise tokenize.TokenError)."""
+    if member_file(path.parent, path.name) is None:
+        raise IndexFormatError(f"{path}: missing or not a regular file; the index version is incomplete (re-index)")
     try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise IndexFormatError(f"{path}: missing; the index version is incomplete (re-index)") from None
-    except (ValueError, OSError, SyntaxError, tokenize.TokenError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise IndexFormatError(f"{path}: not a readable .npy file ({first}); re-index") from None
-    if arr.ndim != 2 or arr.dtype not in dtypes or arr.shape[1] == 0:
-        raise IndexFormatError(f"{path}: {what} is {arr.dtype}{list(arr.shape)}; expected a 2-D array "
+        header = read_npy_header(path)
+    except NpyFormatError as e:
+        raise IndexFormatError(f"{e}; re-index") from None
+    if len(header.shape) != 2 or header.dtype not in dtypes or header.shape[1] == 0 or header.fortran_order:
+        raise IndexFormatError(f"{path}: {what} is {header.dtype}{list(header.shape)}; expected a 2-D array "
                                f"of {' or '.join(str(np.dtype(d)) for d in dtypes)}")
-    return arr
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def _finite(arr: np.ndarray, path: Path) -> None:

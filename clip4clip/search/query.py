@@ -167,7 +167,7 @@ class SearchIndex:
             from .ann import load_faiss_index
             if not fpath.is_file():
                 raise ValueError(f"{path} has no FAISS index; rebuild it with 'index ... --faiss'")
-            self._faiss = load_faiss_index(fpath)
+            self._faiss = load_faiss_index(fpath, dim=emb.shape[1], count=len(emb))
             # Only the candidates are re-ranked: the rows stay on disk (page cache), not in RAM.
             self._video_emb = emb
         else:

@@ -10,7 +10,10 @@ any WSGI server; ``python -m clip4clip.search serve`` does.
 
 Safety: files are looked up by the integer id of an indexed video, never by a path from the
 request, and only inside the library or the index (``SearchIndex.media_path``); every echoed
-value goes through Jinja's autoescaping; queries are bounded (``MAX_QUERY_CHARS``); a strict
+value goes through Jinja's autoescaping; queries are bounded (``MAX_QUERY_CHARS``), and so are a
+request's URL and headers (``MAX_HEADER_BYTES``: 431, JSON under /api; waitress's own plain-text
+431 only above ``WAITRESS_MAX_HEADER_BYTES``); a malformed Range is ignored by /media and /thumb
+alike (RFC 9110), only an unsatisfiable one is 416; a strict
 Content-Security-Policy allows only this server's own scripts, styles and media. Media and
 thumbnail URLs carry ``v=<content version>``: a video whose file changed gets new URLs, so a
 browser never shows its cached copy of the old one.
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from flask import Flask, abort, jsonify, render_template, request, send_file, url_for
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestHeaderFieldsTooLarge
 from werkzeug.http import parse_range_header
 
 from .indexer import human_bytes
@@ -41,6 +44,13 @@ _CSP = ("default-src 'none'; img-src 'self'; media-src 'self'; style-src 'self';
         "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 #: Video ids in URLs: SQLite integers (a larger number is no video: 404, not an overflow).
 ID = f"int(max={MAX_ID})"
+#: Request line and headers the app answers (above: 431, JSON under /api like every API answer).
+MAX_HEADER_BYTES = 256 << 10
+#: What waitress itself reads of a request's headers: above it, waitress answers its own plain
+#: text 431 (it has dropped the request line by then, so it cannot know the path was /api).
+#: Four times the app's bound, so that requests between the two get the app's answer (a header
+#: buffer is held per connection while it is read: at most 256 connections x 1 MiB).
+WAITRESS_MAX_HEADER_BYTES = 4 * MAX_HEADER_BYTES
 
 
 class _Live:
@@ -108,6 +118,12 @@ def _ignore_bad_range() -> None:
         del request.environ["HTTP_RANGE"]
 
 
+def _header_bytes(environ: dict) -> int:
+    """About the bytes of the request line and headers (the URL's path and query included)."""
+    return (len(environ.get("PATH_INFO", "")) + len(environ.get("QUERY_STRING", ""))
+            + sum(len(k) + len(str(v)) for k, v in environ.items() if k.startswith("HTTP_")))
+
+
 def _media_url(vid: int, version: str) -> str:
     """URL of a video's file; ``v`` makes a changed file a new URL (no stale browser cache)."""
     return url_for("media", vid=vid, v=version)
@@ -145,6 +161,17 @@ def _new_flask() -> Flask:
     return app
 
 
+def _add_request_bound(app: Flask) -> None:
+    """Requests with headers over ``MAX_HEADER_BYTES`` (a query pasted into the URL, say) get a
+    431 from the app, so that /api answers it as JSON; waitress's own limit is above this one."""
+    @app.before_request
+    def _bounded():
+        size = _header_bytes(request.environ)
+        if size > MAX_HEADER_BYTES:
+            raise RequestHeaderFieldsTooLarge(f"the request's URL and headers are {size} bytes; the limit is "
+                                              f"{MAX_HEADER_BYTES}")
+
+
 def _add_security_headers(app: Flask) -> None:
     """Every answer carries the CSP and the headers that stop sniffing, referrers and framing."""
     @app.after_request
@@ -177,6 +204,8 @@ def _add_error_handlers(app: Flask, live: _Live) -> None:
             return error_page(404, "Not found", "There is no such page or video in this index.")
         if status == 405:
             return error_page(405, "Method not allowed", "This page only answers GET requests.")
+        if status == 431:
+            return error_page(431, "Request too large", e.description)
         return e  # werkzeug's own page (e.g. 416 with its Content-Range header)
 
     @app.errorhandler(Exception)
@@ -256,6 +285,7 @@ def _add_file_routes(app: Flask, live: _Live) -> None:
         rec = idx.video(vid)
         if rec is None:
             abort(404)
+        _ignore_bad_range()  # as /media: a malformed Range is ignored, only an unsatisfiable one is 416
         path = idx.thumb_path(vid)
         if path is None:
             return send_file(Path(app.static_folder) / "placeholder.svg", mimetype="image/svg+xml")
@@ -296,6 +326,7 @@ def create_app(index: SearchIndex) -> Flask:
     """A Flask app serving ``index``. Run it with ``serve`` or any WSGI server."""
     app = _new_flask()
     live = _Live(index)
+    _add_request_bound(app)
     _add_security_headers(app)
     _add_error_handlers(app, live)
     _add_page_routes(app, live)
@@ -311,7 +342,7 @@ def make_server(index: SearchIndex, host: str = "127.0.0.1", port: int = 8000, t
     # connection_limit: keep-alive clients beyond the worker threads wait in the OS backlog
     # instead of being refused; channel_timeout closes idle keep-alive connections.
     return create_server(create_app(index), host=host, port=port, threads=int(threads), ident="clip4clip-search",
-                         connection_limit=256, channel_timeout=60)
+                         connection_limit=256, channel_timeout=60, max_request_header_size=WAITRESS_MAX_HEADER_BYTES)
 
 
 def serve(index: SearchIndex, host: str = "127.0.0.1", port: int = 8000, threads: int = DEFAULT_THREADS) -> None:

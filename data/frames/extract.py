@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from clip4clip.core.atomic import atomic_write_text, remove_stale_tmp
 from clip4clip.core.processes import pid_alive
-from .store import FAILURES, FORMATS, cache_params, load_manifest, new_manifest, save_manifest, write_video_frames
+from .store import FAILURES, FORMATS, cache_params, confined_file, load_manifest, new_manifest, save_manifest, write_video_frames
 from ..video.keyframes import KeyframeParams, select_keyframes
 from ..video.transforms import clip_resize_crop
 from ..video.decode import VideoReadError
@@ -187,7 +187,8 @@ def _is_current(entry: dict, path: Path | None, out_dir: Path, formats: tuple[st
     if ("npy" in formats and "array" not in entry) or ("jpeg" in formats and "frames" not in entry):
         return False
     files = ([entry["array"]] if "array" in entry else []) + list(entry.get("frames", []))
-    return all((out_dir / f).is_file() for f in files)
+    # A file that leads outside the cache (a symbolic link) is not this video's: extract it again.
+    return all(confined_file(out_dir, f) is not None and (out_dir / f).is_file() for f in files)
 
 
 def _param_diffs(have: dict, want: dict) -> list[str]:

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from clip4clip.core.atomic import atomic_write, atomic_write_text, replace_dir, tmp_path
+from clip4clip.core.npy import NpyFormatError, read_npy_header
 from ..video.keyframes import KeyframeParams
 from ..video.decode import VideoReadError
 
@@ -40,6 +41,7 @@ __all__ = [
     "FORMATS",
     "FrameStore",
     "cache_params",
+    "confined_file",
     "default_frame_cache_dir",
     "load_manifest",
     "new_manifest",
@@ -88,7 +90,41 @@ def load_manifest(directory: str | os.PathLike) -> dict | None:
         raise ValueError(f"{path}: not a frame-cache manifest (expected format {CACHE_FORMAT!r} with a 'videos' map)")
     if m.get("version") != CACHE_VERSION:
         raise ValueError(f"{path}: frame-cache version {m.get('version')!r}; this code reads version {CACHE_VERSION}. Extract again")
+    for video_id, entry in m["videos"].items():
+        _check_entry_files(path, video_id, entry)
     return m
+
+
+def _plain_relative(rel) -> bool:
+    """A path of a manifest entry: a relative name inside the cache folder (no '..', '.', empty
+    part, leading '/', backslash or NUL), so that joining it to the folder stays inside it."""
+    return (isinstance(rel, str) and rel != "" and "\\" not in rel and "\0" not in rel
+            and not rel.startswith("/") and all(part not in ("", ".", "..") for part in rel.split("/")))
+
+
+def _check_entry_files(manifest: Path, video_id: str, entry) -> None:
+    """The file names of one manifest entry, read before any is opened: a manifest edited by
+    hand (or copied from elsewhere) must not make the loader read files outside the cache."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{manifest}: entry {video_id!r} is {type(entry).__name__}; expected an object")
+    names = [("array", entry["array"])] if "array" in entry else []
+    frames = entry.get("frames", [])
+    if not isinstance(frames, list):
+        raise ValueError(f"{manifest}: entry {video_id!r} 'frames' is {type(frames).__name__}; expected a list of file names")
+    names += [("frames", f) for f in frames]
+    for field_name, rel in names:
+        if not _plain_relative(rel):
+            raise ValueError(f"{manifest}: entry {video_id!r} '{field_name}' names {rel!r:.80}; expected a relative "
+                             "path inside the cache folder (no '..', not absolute). Delete the cache folder and "
+                             "extract again")
+
+
+def confined_file(directory: Path, rel: str) -> Path | None:
+    """``directory / rel`` when it resolves (symbolic links followed) to a file inside
+    ``directory``; None when it leads outside it (``rel`` itself was checked with the manifest)."""
+    path = directory / rel
+    root = os.path.realpath(directory)
+    return path if os.path.commonpath([root, os.path.realpath(path)]) == root else None
 
 
 def save_manifest(directory: str | os.PathLike, manifest: dict) -> None:
@@ -205,10 +241,22 @@ class FrameStore:
         if use_npy:
             if "array" not in e:
                 raise VideoReadError(self.directory / f"npy/{video_id}.npy", "not in this cache: it was extracted without format npy")
-            return self._load_npy(self.directory / e["array"], e)
+            return self._load_npy(self._file(video_id, e["array"]), e)
         if "frames" not in e:
             raise VideoReadError(self.directory / f"jpeg/{video_id}", "not in this cache: it was extracted without format jpeg")
-        return self._load_jpeg([self.directory / f for f in e["frames"]])
+        return self._load_jpeg([self._file(video_id, f) for f in e["frames"]])
+
+    def _file(self, video_id: str, rel: str) -> Path:
+        """The cache file ``rel`` of an entry; ValueError naming the manifest and the entry when a
+        symbolic link makes it lead outside the cache folder."""
+        path = confined_file(self.directory, rel)
+        if path is None:
+            raise ValueError(f"{self.directory / MANIFEST}: entry {video_id!r} names {rel!r}, which leads outside the "
+                             f"cache folder (to {os.path.realpath(self.directory / rel)}); delete the cache folder "
+                             "and extract again")
+        if path.exists() and not path.is_file():  # a folder or a FIFO (which would block the read)
+            raise VideoReadError(path, "not a regular file; delete the cache folder and extract again")
+        return path
 
     def check_files(self, video_id: str) -> None:
         """Raise VideoReadError when the files ``load`` would read for ``video_id`` are absent
@@ -219,20 +267,25 @@ class FrameStore:
         if not files:
             raise VideoReadError(self.directory / video_id, f"the cache entry has no {'npy' if use_npy else 'jpeg'} files")
         for f in files:
-            if not (self.directory / f).is_file():
+            if not self._file(video_id, f).is_file():
                 raise VideoReadError(self.directory / f, "cache file is missing; run extract_frames.py again")
 
     def _expected_shape(self, e: dict) -> tuple:
         return (len(e["indices"]), self.size, self.size, 3)
 
     def _load_npy(self, path: Path, e: dict) -> np.ndarray:
+        # The header is checked first: numpy's parser fails on a garbage one with tracebacks
+        # (tokenize.TokenError), and a wrong dtype or shape is refused before anything is allocated.
+        want = self._expected_shape(e)
         try:
-            a = np.load(path, allow_pickle=False)
+            header = read_npy_header(path)
+            if header.dtype != np.uint8 or header.shape != want:
+                raise VideoReadError(path, f"cache file holds {header.dtype} {header.shape}, expected uint8 {want}")
+            return np.load(path, allow_pickle=False)
+        except NpyFormatError as err:
+            raise VideoReadError(path, f"not a valid .npy file ({err.reason}); run extract_frames.py again") from None
         except (OSError, ValueError, EOFError) as err:
             raise VideoReadError(path, f"cache file unreadable ({err}); run extract_frames.py again") from None
-        if a.dtype != np.uint8 or a.shape != self._expected_shape(e):
-            raise VideoReadError(path, f"cache file holds {a.dtype} {a.shape}, expected uint8 {self._expected_shape(e)}")
-        return a
 
     def _load_jpeg(self, paths: list[Path]) -> np.ndarray:
         out = np.empty((len(paths), self.size, self.size, 3), dtype=np.uint8)

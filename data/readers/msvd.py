@@ -20,9 +20,14 @@ import os
 from pathlib import Path
 
 from .base import MissingDataError, SplitIndex, VideoTextDataset, find_video_files, read_text_file
-from clip4clip.core.safe_pickle import load_plain_pickle
+from clip4clip.core.safe_pickle import Budget, load_plain_pickle
 
-__all__ = ["MSVDDataset", "MissingDataError", "MSVD_VIDEO_EXTENSIONS", "load_msvd_captions"]
+__all__ = ["MSVDDataset", "MissingDataError", "MSVD_VIDEO_EXTENSIONS", "CAPTIONS_BUDGET", "load_msvd_captions"]
+
+#: What ``raw-captions.pkl`` may make: MSVD's 80k captions (~600k tokens, ~3M characters) pickle
+#: to ~5-10 MB; the bounds leave several times that, and stop a file of repeated references
+#: (a few KB that expand into gigabytes of caption text) before it is built or joined.
+CAPTIONS_BUDGET = Budget(max_bytes=64 << 20, max_values=10_000_000, max_chars=50_000_000)
 
 #: Extensions tried, in order, for ``<video_dir>/<video_id><ext>`` (as distributed: .avi).
 MSVD_VIDEO_EXTENSIONS = (".avi", ".mp4")
@@ -51,9 +56,11 @@ def load_msvd_captions(path: Path) -> dict[str, list[str]]:
 
     The file is a pickle, as distributed, read with ``clip4clip.core.safe_pickle.load_plain_pickle``: it
     may build only dicts, lists, tuples, strings and numbers, so a crafted file cannot run code;
-    one that names any class or function raises ValueError naming the file and that global.
+    one that names any class or function raises ValueError naming the file and that global, and
+    one larger than ``CAPTIONS_BUDGET`` (file size, values or characters, a shared reference
+    counted each time) raises ValueError naming the file and the bound.
     """
-    data = load_plain_pickle(path, holds="dicts, lists and strings")
+    data = load_plain_pickle(path, holds="dicts, lists and strings", budget=CAPTIONS_BUDGET)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: holds a {type(data).__name__}; expected a dict video id -> list of token lists")
     out = {}
