@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Iterator, List, Optional
 
+from ..core.errors import UserError
+
 SPLITS = ("train", "val", "test")
 #: Most frames of a video embedding (--max-frames) when the head has no position table to say
 #: it: twice the longest sampling of our dataset configs (64); each frame is padded into every
@@ -146,23 +148,18 @@ _WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQ
 
 @contextlib.contextmanager
 def _writing_out(out: Path) -> Iterator[None]:
-    """Failures to write the index folder --out as one-line errors naming it: the index code
-    raises FileExistsError (a folder that is not an index), OSError (read-only, disk full) and
-    RuntimeError (another indexer holds its lock), none of which ``user_errors`` takes for a
-    problem the user can fix."""
+    """Failures to write the index folder --out (read-only, disk full) as one-line errors
+    naming it; ``user_errors`` does not take a bare OSError for a problem the user can fix. (A
+    folder that is not an index and a second indexer are the store's own user errors.)"""
     try:
         yield
-    except FileExistsError as e:  # store.check_index_dir's message names --out already
-        raise ValueError(str(e) if e.errno is None else f"--out {out}: {e.strerror}: {e.filename}") from None
+    except UserError:
+        raise
     except OSError as e:
         if e.errno not in _WRITE_ERRNOS or not _about(e, out):
             raise
         reason = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror
         raise ValueError(f"--out {out}: cannot write {e.filename or out}: {reason}") from None
-    except RuntimeError as e:
-        if not str(e).startswith("another indexer is writing"):
-            raise
-        raise ValueError(str(e)) from None
 
 
 def _faiss(value: str) -> Optional[bool]:

@@ -139,7 +139,7 @@ def _exclusive(index_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f"another indexer is writing {index_dir}; wait for it to finish") from None
+            raise store.IndexBusyError(f"another indexer is writing {index_dir}; wait for it to finish") from None
         yield
 
 

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO, Callable, Dict, Optional
 
 import numpy as np
 
+from ..core.errors import UserError
 from ..core.processes import pid_alive
 
 #: Written into every index. Format 1 (float16 video embeddings) is still read; an index update
@@ -76,6 +77,15 @@ class IndexFormatError(ValueError):
     """The folder holds something that is not an index this code can read."""
 
 
+class IndexFolderError(UserError, FileExistsError):
+    """``--out`` is a file, or a folder holding things other than an index (we delete old
+    versions in it, so we never write into someone else's folder)."""
+
+
+class IndexBusyError(UserError, RuntimeError):
+    """Another indexer holds the index folder's lock."""
+
+
 def current_version(index_dir: Path) -> Optional[Path]:
     """The live version folder of ``index_dir``, or None when there is none yet."""
     pointer = Path(index_dir) / CURRENT
@@ -106,12 +116,12 @@ def check_index_dir(index_dir: Path) -> None:
     if not index_dir.exists():
         return
     if not index_dir.is_dir():
-        raise FileExistsError(f"--out {index_dir} exists and is not a folder")
+        raise IndexFolderError(f"--out {index_dir} exists and is not a folder")
     # Hidden names are ours (.build-*, .lock, .CURRENT.*.tmp) or harmless (.DS_Store); we only
     # ever delete .build-* and v-* folders.
     others = [p.name for p in index_dir.iterdir() if not p.name.startswith((CURRENT, "v-", "."))]
     if others:
-        raise FileExistsError(f"--out {index_dir} is not empty and not a search index (holds {sorted(others)[:5]}); "
+        raise IndexFolderError(f"--out {index_dir} is not empty and not a search index (holds {sorted(others)[:5]}); "
                               "choose a new folder")
 
 
