@@ -5,13 +5,16 @@ model classes themselves take plain arguments. Accepts dicts or OmegaConf contai
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
-from typing import Any, Mapping, Optional, Sequence
+from dataclasses import fields
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import torch
 
-from .clip import CLIP, CLIPConfig
-from .heads import DEFAULT_HEAD
+from .clip import CLIP, CLIPConfig, clip_config_problems
+from .heads import DEFAULT_HEAD, HEADS
 from .model import CLIP4Clip
 from .tokenizer import ClipTokenizer, WordTokenizer
 
@@ -50,6 +53,19 @@ def tokenizer_state(tokenizer) -> dict:
     return tokenizer.state_dict() if isinstance(tokenizer, WordTokenizer) else {"kind": "clip"}
 
 
+def tokenizer_state_problems(state: Any, prefix: str = "tokenizer") -> List[str]:
+    """What keeps ``state`` (a checkpoint's ``tokenizer``, as ``tokenizer_state`` wrote it; None
+    means CLIP's BPE) from building a tokenizer; one phrase each, [] when it builds."""
+    if state is None:
+        return []
+    kind = state.get("kind") if isinstance(state, Mapping) else None
+    if kind == "clip":
+        return []
+    if kind != "word":
+        return [f"{prefix} is {state!r:.60} (expected {{'kind': 'clip'}} or a word tokenizer's state)"]
+    return [f"{prefix}: {p}" for p in WordTokenizer.state_problems(dict(state))]
+
+
 def head_kwargs(model_cfg: Mapping) -> tuple:
     head = dict(to_plain(model_cfg).get("head") or {})
     name = head.pop("name", None) or DEFAULT_HEAD
@@ -85,13 +101,116 @@ def model_args(model: CLIP4Clip, model_cfg: Mapping, adapter_cfg: Optional[Mappi
             "adapter": to_plain(adapter_cfg) or {"name": "none"}}
 
 
-def model_from_args(args: Mapping) -> CLIP4Clip:
+def model_from_args(args: Mapping, device: Optional[str] = None) -> CLIP4Clip:
     """The architecture ``model_args`` describe (CLIP, head, adapters injected), randomly
-    initialised; ``weights.model_with_state`` loads a checkpoint's state dict onto it."""
-    clip = CLIP(CLIPConfig.from_dict(args["clip"]))
-    model = CLIP4Clip.from_clip(clip, args["head"], init_head_from_clip=False, **dict(args.get("head_kwargs") or {}))
+    initialised; ``weights.model_with_state`` loads a checkpoint's state dict onto it.
+
+    ``device="meta"``: the same model with shapes only, nothing allocated, so a checkpoint's
+    keys and shapes can be compared with what its ``model_args`` declare before any memory is
+    committed to them (the layer counts must be known to be sane first: they decide how many
+    modules even a meta build makes)."""
+    with torch.device(device) if device else contextlib.nullcontext():
+        clip = CLIP(CLIPConfig.from_dict(args["clip"]))
+        model = CLIP4Clip.from_clip(clip, args["head"], init_head_from_clip=False,
+                                    **dict(args.get("head_kwargs") or {}))
+    # Outside the device context: adapters take their blocks' device anyway, and AIM computes its
+    # drop-path schedule with torch.linspace(...).tolist(), which a meta default device cannot answer.
     apply_adapters(model, args.get("adapter"))
     return model
+
+
+# ----------------------------------------------------------------------------- model_args schema
+
+def _expected_type(param: inspect.Parameter) -> Optional[str]:
+    """'int', 'float', 'bool', 'str' or 'strings' for a constructor argument, from its default
+    (or, for a default of None or none, its annotation); None when neither says."""
+    default = param.default
+    if default is not param.empty and default is not None:
+        for kind, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), ((list, tuple), "strings")):
+            if isinstance(default, kind):
+                return name
+    ann = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation, "__name__", "")
+    ann = ann.removeprefix("Optional[").removesuffix("]")
+    return {"int": "int", "float": "float", "bool": "bool", "str": "str", "Sequence[str]": "strings"}.get(ann)
+
+
+# What a value of each expected type must be. Every int argument of the heads and adapters is
+# a count or a size (blocks, heads, positions, frames, rank), so it must be >= 1; every float
+# a rate, scale or ratio, so finite and >= 0.
+_VALUE_RULES = {
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+              "a number >= 0"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "strings": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v), "a list of strings"),
+}
+
+
+def kwargs_problems(fn: Callable, kwargs: Any, prefix: str, skip: Sequence[str] = ()) -> List[str]:
+    """What is wrong with ``kwargs`` as arguments of ``fn`` (a head class's ``__init__``,
+    ``adapters.inject_aim``...): unknown names, required ones missing, and values whose type
+    or range does not fit the argument (``_expected_type``); one phrase each, prefixed with
+    ``prefix`` (the field's place in the file, e.g. ``model_args.head_kwargs.``)."""
+    if not isinstance(kwargs, Mapping):
+        return [f"{prefix.rstrip('.')} is a {type(kwargs).__name__} (expected a mapping of arguments)"]
+    params = {n: p for n, p in inspect.signature(fn).parameters.items()
+              if n not in ("self", *skip) and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    problems = [f"{prefix}{k} is not an argument it takes (it takes {sorted(params)})"
+                for k in kwargs if k not in params]
+    problems += [f"{prefix}{n} is missing" for n, p in params.items() if p.default is p.empty and n not in kwargs]
+    for name, value in kwargs.items():
+        expected = _expected_type(params[name]) if name in params else None
+        nullable = name in params and params[name].default is None
+        if expected and not (value is None and nullable) and not _VALUE_RULES[expected][0](value):
+            problems.append(f"{prefix}{name}={value!r:.40} (expected {_VALUE_RULES[expected][1]})")
+    return problems
+
+
+def _adapter_problems(cfg: Any, prefix: str) -> List[str]:
+    """The ``adapter`` section: its ``aim`` / ``lora`` arguments and ``train`` flags, as
+    ``apply_adapters`` passes them on."""
+    if cfg is None:
+        return []
+    if not isinstance(cfg, Mapping):
+        return [f"{prefix.rstrip('.')} is a {type(cfg).__name__} (expected a mapping)"]
+    if cfg.get("name", "none") == "none":
+        return []
+    import adapters  # only needed when adapters are configured
+
+    problems = []
+    for section, fn, skip in (("aim", adapters.inject_aim, ("vision_tower",)),
+                              ("lora", adapters.inject_lora, ("text_transformer",))):
+        if cfg.get(section):
+            problems += kwargs_problems(fn, cfg[section], f"{prefix}{section}.", skip)
+    train = cfg.get("train") or {}
+    flags = {f"train_{k}": v for k, v in train.items()} if isinstance(train, Mapping) else train
+    problems += [p.replace(f"{prefix}train.train_", f"{prefix}train.")
+                 for p in kwargs_problems(adapters.configure_trainable, flags, f"{prefix}train.", ("model",))]
+    return problems
+
+
+def model_args_problems(args: Any, prefix: str = "model_args") -> List[str]:
+    """What is wrong with a checkpoint's ``model_args`` (what ``model_args`` writes and
+    ``model_from_args`` reads): types and ranges of the CLIP fields, the head's name and
+    arguments, the adapter's; one phrase each, naming the field; [] when nothing is. Nothing
+    is compared with the weights here (``weights.rebuild`` does that)."""
+    if not isinstance(args, Mapping):
+        return [f"{prefix} is a {type(args).__name__} (expected a mapping with clip, head, head_kwargs, adapter)"]
+    clip = args.get("clip")
+    if not isinstance(clip, Mapping):
+        problems = [f"{prefix}.clip is " + ("missing" if clip is None else f"a {type(clip).__name__}")]
+    else:
+        known = {f.name for f in fields(CLIPConfig)}
+        problems = [f"{prefix}.clip.{k} is not a CLIP config field" for k in clip if k not in known]
+        problems += [f"{prefix}.clip.{p}" for p in clip_config_problems(clip)]
+    head = args.get("head")
+    if not isinstance(head, str) or head not in HEADS:
+        problems.append(f"{prefix}.head={head!r:.40} (expected one of {sorted(HEADS)})")
+    else:
+        problems += kwargs_problems(HEADS[head].__init__, args.get("head_kwargs") or {}, f"{prefix}.head_kwargs.",
+                                    ("width",))
+    return problems + _adapter_problems(args.get("adapter"), f"{prefix}.adapter.")
 
 
 def arch_clip(clip_cfg: Mapping, vocab_size: Optional[int] = None) -> CLIP:
@@ -119,5 +238,5 @@ def arch_clip(clip_cfg: Mapping, vocab_size: Optional[int] = None) -> CLIP:
     return clip
 
 
-__all__ = ["apply_adapters", "arch_clip", "build_tokenizer", "head_kwargs", "model_args", "model_from_args",
-           "to_plain", "tokenizer_state"]
+__all__ = ["apply_adapters", "arch_clip", "build_tokenizer", "head_kwargs", "kwargs_problems", "model_args",
+           "model_args_problems", "model_from_args", "to_plain", "tokenizer_state", "tokenizer_state_problems"]

@@ -19,7 +19,7 @@ import os
 import re as std_re
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import ftfy
 import regex
@@ -525,15 +525,30 @@ class WordTokenizer(_Tokenizer):
         """JSON-able description of the vocabulary, e.g. to store inside a checkpoint."""
         return {"kind": "word", "version": 1, "words": list(self._words[2:-2])}
 
+    @staticmethod
+    def state_problems(state: Any) -> list[str]:
+        """What keeps ``state`` from being a ``state_dict`` of this class, one phrase each (the
+        first problem only, for the vocabulary); [] when ``from_state_dict`` accepts it. Lets a
+        loader refuse a checkpoint before writing or building anything from it."""
+        if not isinstance(state, dict) or state.get("kind") != "word":
+            got = state.get("kind") if isinstance(state, dict) else type(state).__name__
+            return [f"not a WordTokenizer state dict: expected kind 'word', got {got!r:.40}"]
+        if state.get("version") != 1:
+            return [f"unsupported WordTokenizer state version {state.get('version')!r:.40}, expected 1"]
+        words = state.get("words")
+        if not isinstance(words, list):
+            return [f"WordTokenizer state 'words' must be a list, got {type(words).__name__}"]
+        bad = next((i for i, w in enumerate(words) if not isinstance(w, str) or not w), None)
+        if bad is not None:
+            return [f"words[{bad}] must be a non-empty str, got {words[bad]!r:.40}"]
+        if len(set(words)) != len(words):
+            return [f"words must be distinct, repeated: {sorted(w for w, c in Counter(words).items() if c > 1)[:10]}"]
+        return []
+
     @classmethod
     def from_state_dict(cls, state: dict) -> "WordTokenizer":
         """Inverse of ``state_dict``."""
-        if not isinstance(state, dict) or state.get("kind") != "word":
-            got = state.get("kind") if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"not a WordTokenizer state dict: expected kind 'word', got {got!r}")
-        if state.get("version") != 1:
-            raise ValueError(f"unsupported WordTokenizer state version {state.get('version')!r}, expected 1")
-        words = state.get("words")
-        if not isinstance(words, list):
-            raise ValueError(f"WordTokenizer state 'words' must be a list, got {type(words).__name__}")
-        return cls(words)
+        problems = cls.state_problems(state)
+        if problems:
+            raise ValueError(problems[0])
+        return cls(state["words"])

@@ -59,6 +59,9 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+            # 0 would be a ZeroDivisionError below; a float or a string a TypeError deep in torch.
+            raise ValueError(f"attention num_heads={num_heads!r}; expected a whole number >= 1")
         if dim % num_heads != 0:
             raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
         self.num_heads = num_heads

@@ -8,13 +8,57 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 from functools import partial
-from typing import Callable, Mapping, Optional
+from typing import Callable, List, Mapping, Optional
 
 import torch
 from torch import nn
 
 from .layers import (ACTIVATIONS, LayerNorm, QuickGELU, ResidualAttentionBlock, Transformer,
                      activation_layer, default_heads, init_transformer_)
+
+__all__ = ["CLIP", "CLIPConfig", "VisionTransformer", "clip_config_problems"]
+
+
+def _is_count(value) -> bool:
+    """A whole number >= 1 (a bool is not one, though Python counts it as an int)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# Every size field of CLIPConfig is a count; the head counts may also be None (OpenAI's width // 64).
+_COUNT_FIELDS = ("embed_dim", "image_resolution", "vision_layers", "vision_width", "vision_patch_size",
+                 "context_length", "vocab_size", "transformer_width", "transformer_layers")
+_HEAD_FIELDS = {"transformer_heads": "transformer_width", "vision_heads": "vision_width"}
+
+
+def clip_config_problems(d: Mapping) -> List[str]:
+    """What is wrong with the CLIPConfig fields in ``d`` (types, ranges, and the two divisibility
+    rules the towers need), one short phrase each, naming the field; [] when nothing is.
+    Fields ``d`` leaves out are not checked (they take the defaults)."""
+    problems = [f"{name}={d[name]!r} (expected a whole number >= 1)"
+                for name in _COUNT_FIELDS if name in d and not _is_count(d[name])]
+    for name, width in _HEAD_FIELDS.items():
+        heads = d.get(name)
+        if heads is not None and not _is_count(heads):
+            problems.append(f"{name}={heads!r} (expected null, i.e. width // 64, or a whole number >= 1)")
+        elif heads is not None and _is_count(d.get(width)) and d[width] % heads:
+            problems.append(f"{name}={heads} does not divide {width}={d[width]}")
+    if "activation" in d and (not isinstance(d["activation"], str) or d["activation"] not in ACTIVATIONS):
+        problems.append(f"activation={d['activation']!r} (expected one of {sorted(ACTIVATIONS)})")
+    image, patch = d.get("image_resolution"), d.get("vision_patch_size")
+    if _is_count(image) and _is_count(patch) and image % patch:
+        problems.append(f"image_resolution={image} is not a multiple of vision_patch_size={patch}")
+    return problems
+
+
+def _layer_indices(sd: Mapping[str, torch.Tensor], prefix: str) -> set:
+    """The N of every ``<prefix>N.`` key: which layers of a stack the weights hold."""
+    return {k[len(prefix):].split(".", 1)[0] for k in sd if k.startswith(prefix)}
+
+
+def _dim(sd: Mapping[str, torch.Tensor], key: str, ndim: int, axis: int) -> Optional[int]:
+    """``sd[key].shape[axis]`` if ``sd[key]`` is a tensor of ``ndim`` dimensions, else None."""
+    value = sd.get(key)
+    return value.shape[axis] if isinstance(value, torch.Tensor) and value.dim() == ndim else None
 
 
 @dataclass
@@ -23,7 +67,11 @@ class CLIPConfig:
 
     ``activation``: the MLP activation of both towers, 'quick_gelu' (OpenAI's CLIP) or 'gelu'
     (most OpenCLIP/LAION models). Dicts written before the field existed load as quick_gelu,
-    which is what every CLIP of this framework used until then."""
+    which is what every CLIP of this framework used until then.
+
+    Every field is checked on construction (``clip_config_problems``): a zero, negative, bool
+    or string size is a ValueError here rather than a ZeroDivisionError or a silent default
+    deep inside the towers."""
 
     embed_dim: int = 512
     image_resolution: int = 224
@@ -39,8 +87,9 @@ class CLIPConfig:
     activation: str = "quick_gelu"
 
     def __post_init__(self):
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"CLIP activation={self.activation!r}; expected one of {sorted(ACTIVATIONS)}")
+        problems = clip_config_problems(asdict(self))
+        if problems:
+            raise ValueError("CLIP config: " + "; ".join(problems))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,32 +102,89 @@ class CLIPConfig:
             raise ValueError(f"unknown CLIP config field(s) {unknown}; expected a subset of {sorted(known)}")
         return cls(**dict(d))
 
+    def size_problems(self, sd: Mapping[str, torch.Tensor], names: Optional[Mapping[str, str]] = None) -> List[str]:
+        """Where this architecture contradicts an OpenAI-layout state dict's shapes, one phrase
+        per field, named as ``names`` maps our field names (e.g. ``vision_layers`` ->
+        ``vision_config.num_hidden_layers``); [] when nothing does. Run before building: the
+        sizes a config declares decide what the model allocates, so a config claiming 10^6
+        layers or a width of 10^9 must be refused while it is still just numbers.
+
+        Layer counts are checked always (no layer keys means 0 layers); the other fields only
+        where the tensor that shows them is present (a missing key is reported by the key check)."""
+        names = names or {}
+        found = {
+            "vision_layers": len(_layer_indices(sd, "visual.transformer.resblocks.")),
+            "transformer_layers": len(_layer_indices(sd, "transformer.resblocks.")),
+            "vision_width": _dim(sd, "visual.conv1.weight", 4, 0),
+            "vision_patch_size": _dim(sd, "visual.conv1.weight", 4, -1),
+            "embed_dim": _dim(sd, "text_projection", 2, 1),
+            "transformer_width": _dim(sd, "ln_final.weight", 1, 0),
+            "context_length": _dim(sd, "positional_embedding", 2, 0),
+            "vocab_size": _dim(sd, "token_embedding.weight", 2, 0),
+        }
+        evidence = {"vision_layers": "visual.transformer.resblocks.N", "transformer_layers": "transformer.resblocks.N",
+                    "vision_width": "visual.conv1.weight", "vision_patch_size": "visual.conv1.weight",
+                    "embed_dim": "text_projection", "transformer_width": "ln_final.weight",
+                    "context_length": "positional_embedding", "vocab_size": "token_embedding.weight"}
+        problems = [f"{names.get(f, f)} is {getattr(self, f)} but the weights have {v} ({evidence[f]})"
+                    for f, v in found.items() if v is not None and v != getattr(self, f)]
+        rows = _dim(sd, "visual.positional_embedding", 2, 0)
+        grid = self.image_resolution // self.vision_patch_size
+        if rows is not None and rows != grid * grid + 1:
+            problems.append(f"{names.get('image_resolution', 'image_resolution')} is {self.image_resolution} "
+                            f"({grid}x{grid} patches of {self.vision_patch_size}) but the weights have {rows - 1} "
+                            "patch positions (visual.positional_embedding)")
+        return problems
+
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, torch.Tensor]) -> "CLIPConfig":
-        """Infer the architecture from an OpenAI-layout state dict, as OpenAI's build_model."""
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], where: str = "CLIP state dict") -> "CLIPConfig":
+        """Infer the architecture from an OpenAI-layout state dict, as OpenAI's build_model.
+        ``where`` (the file) is named in errors: a missing key or a tensor of the wrong number
+        of dimensions is a ValueError naming both."""
         if "visual.proj" not in sd or "visual.conv1.weight" not in sd:
             if any(k.startswith("visual.layer1") for k in sd):
-                raise ValueError("this is a ResNet CLIP checkpoint; only ViT CLIP models are supported")
-            raise ValueError("not an OpenAI-layout CLIP state dict: missing 'visual.proj' / "
-                             "'visual.conv1.weight' (got keys like %s)" % sorted(sd)[:5])
+                raise ValueError(f"{where}: this is a ResNet CLIP checkpoint; only ViT CLIP models are supported")
+            raise ValueError(f"{where}: not an OpenAI-layout CLIP state dict: missing 'visual.proj' / "
+                             f"'visual.conv1.weight' (got keys like {sorted(sd)[:5]})")
+        _require_shapes(sd, where)
         conv = sd["visual.conv1.weight"]
-        grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-        vision_layers = len([k for k in sd if k.startswith("visual.transformer.resblocks.")
-                             and k.endswith(".attn.in_proj_weight")])
-        text_layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
+        grid = math.isqrt(sd["visual.positional_embedding"].shape[0] - 1)
         width = sd["ln_final.weight"].shape[0]
         return cls(
             embed_dim=sd["text_projection"].shape[1],
             image_resolution=conv.shape[-1] * grid,
-            vision_layers=vision_layers,
+            vision_layers=len(_layer_indices(sd, "visual.transformer.resblocks.")),
             vision_width=conv.shape[0],
             vision_patch_size=conv.shape[-1],
             context_length=sd["positional_embedding"].shape[0],
             vocab_size=sd["token_embedding.weight"].shape[0],
             transformer_width=width,
             transformer_heads=default_heads(width),
-            transformer_layers=text_layers,
+            transformer_layers=len(_layer_indices(sd, "transformer.resblocks.")),
         )
+
+
+# The tensors ``from_state_dict`` reads sizes off, with the dimensions they must have.
+_INFERRED_FROM = {"visual.conv1.weight": 4, "visual.positional_embedding": 2, "visual.proj": 2,
+                  "text_projection": 2, "ln_final.weight": 1, "positional_embedding": 2, "token_embedding.weight": 2}
+
+
+def _require_shapes(sd: Mapping[str, torch.Tensor], where: str) -> None:
+    """The keys ``from_state_dict`` reads are tensors of the right rank with non-zero sizes, and
+    the vision position table has 1 + a square number of rows (class token + grid x grid)."""
+    problems = []
+    for key, ndim in _INFERRED_FROM.items():
+        value = sd.get(key)
+        if not isinstance(value, torch.Tensor):
+            problems.append(f"'{key}' is missing" if value is None else f"'{key}' is not a tensor")
+        elif value.dim() != ndim or 0 in value.shape:
+            problems.append(f"'{key}' has shape {list(value.shape)} (expected {ndim} non-zero dimensions)")
+    if not problems:
+        rows = sd["visual.positional_embedding"].shape[0] - 1
+        if rows < 1 or math.isqrt(rows) ** 2 != rows:
+            problems.append(f"'visual.positional_embedding' has {rows + 1} rows (expected 1 + a square number)")
+    if problems:
+        raise ValueError(f"{where}: cannot read the architecture off the weights: " + "; ".join(problems))
 
 
 class VisionTransformer(nn.Module):

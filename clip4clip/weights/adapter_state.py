@@ -39,6 +39,23 @@ def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k in keys}
 
 
+def trainable_problems(model: nn.Module, state_dict: Mapping[str, torch.Tensor], max_listed: int = 20) -> list:
+    """Why ``state_dict`` does not load onto ``model`` as ``load_trainable_state_dict`` would:
+    one phrase per kind (missing, unexpected, shape mismatch); [] when it loads. Works on a model
+    built on the meta device, so a checkpoint can be checked before anything is allocated."""
+    own = {k: v.shape for k, v in model.state_dict().items()}
+    missing = sorted(trainable_keys(model) - set(state_dict))
+    unexpected = sorted(str(k) for k in set(state_dict) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k])}"
+                    for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k]))
+
+    def listed(keys):
+        more = f" ... and {len(keys) - max_listed} more" if len(keys) > max_listed else ""
+        return f"{keys[:max_listed]}{more}"
+    return [f"{what} ({len(keys)}): {listed(keys)}" for what, keys in
+            (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]
+
+
 def load_trainable_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                               max_listed: int = 20) -> None:
     """Load a ``trainable_state_dict`` onto a model prepared exactly as the saved one was
@@ -48,21 +65,12 @@ def load_trainable_state_dict(model: nn.Module, state_dict: Mapping[str, torch.T
     (missing), holds a key ``model`` does not have (unexpected), or a shape differs. Keys of
     frozen parameters that ``model`` has are accepted and loaded (a full state dict works).
     """
-    own = model.state_dict()
-    missing = sorted(trainable_keys(model) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                    for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape))
-    if missing or unexpected or shapes:
-        def listed(keys):
-            more = f" ... and {len(keys) - max_listed} more" if len(keys) > max_listed else ""
-            return f"{keys[:max_listed]}{more}"
-        problems = [f"{what} ({len(keys)}): {listed(keys)}" for what, keys in
-                    (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]
+    problems = trainable_problems(model, state_dict, max_listed)
+    if problems:
         raise ValueError("trainable state dict does not match this model: " + "; ".join(problems) +
                          ". Rebuild the model with the same head, inject_aim/inject_lora arguments and "
                          "configure_trainable flags as when it was saved.")
     model.load_state_dict(state_dict, strict=False)
 
 
-__all__ = ["trainable_keys", "trainable_state_dict", "load_trainable_state_dict"]
+__all__ = ["trainable_keys", "trainable_problems", "trainable_state_dict", "load_trainable_state_dict"]

@@ -8,23 +8,33 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from ..builder import to_plain
+import torch
+
+from ..builder import (apply_adapters, head_kwargs, kwargs_problems, model_args_problems, to_plain,
+                       tokenizer_state_problems)
 from ..clip import CLIPConfig
+from ..heads import HEADS
 from ..model import CLIP4Clip
-from .adapter_state import load_trainable_state_dict
+from .adapter_state import load_trainable_state_dict, trainable_problems
 from .exported import is_exported_folder, read_export
-from .files import read_torch_file
+from .files import SECTION, Field, field_problems, nullable, read_torch_file
 from .initial import build_model
-from .rebuild import model_with_state
+from .rebuild import head_layer_problems, meta_model, model_with_state
 
 FORMAT = "clip4clip-framework/1"
 #: What a run folder holds, in the order a checkpoint argument takes them.
 RUN_CHECKPOINTS = ("best.pt", "last.pt")
 
-__all__ = ["FORMAT", "RUN_CHECKPOINTS", "checkpoint_file", "exported_checkpoint", "is_framework_checkpoint",
-           "load_checkpoint", "load_model_from_checkpoint", "read_init_checkpoint"]
+__all__ = ["FORMAT", "RUN_CHECKPOINTS", "check_checkpoint", "checkpoint_file", "checkpoint_problems",
+           "exported_checkpoint", "is_framework_checkpoint", "load_checkpoint", "load_model_from_checkpoint",
+           "read_init_checkpoint"]
+
+# The fields of our checkpoint dicts that loading reads besides 'model' and 'model_args'
+# (which ``checkpoint_problems`` checks itself), with what each must be.
+_SCHEMA = {"config": nullable(SECTION), "state": nullable(SECTION),
+           "weights": nullable(Field(lambda v: v in ("full", "trainable"), "'full' or 'trainable'"))}
 
 
 def checkpoint_file(source: Union[str, os.PathLike], names: Sequence[str] = RUN_CHECKPOINTS,
@@ -58,16 +68,66 @@ def exported_checkpoint(folder: Union[str, os.PathLike]) -> dict:
             "weights": "full"}
 
 
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def checkpoint_problems(ckpt: Mapping, rebuild: bool = True) -> List[str]:
+    """What is wrong with one of our checkpoint dicts, one phrase per field, [] when nothing
+    is: 'model' must be a state dict (names -> tensors), 'config'/'state' mappings, 'weights'
+    'full' or 'trainable', 'tokenizer' a tokenizer state; with ``rebuild`` (the model is to be
+    rebuilt from it) 'model_args' must be there and well-formed, and an adapter-only
+    checkpoint must name its base CLIP in config.model. Nothing is compared with the weights
+    here (``rebuild.check_model_args`` does that)."""
+    problems = field_problems(ckpt, _SCHEMA)
+    model = ckpt.get("model")
+    if model is None or not _is_state_dict(model):
+        problems.append("'model' (the state dict) is missing" if model is None else
+                        f"'model' is a {type(model).__name__} that is not a state dict (parameter names -> tensors)")
+    problems += tokenizer_state_problems(ckpt.get("tokenizer"), "'tokenizer'")
+    if "model_args" in ckpt or rebuild:
+        problems += (model_args_problems(ckpt["model_args"]) if "model_args" in ckpt else
+                     ["'model_args' is missing, so the model cannot be rebuilt"])
+    if rebuild and ckpt.get("weights") == "trainable" and not problems:
+        mcfg = (ckpt.get("config") or {}).get("model")
+        if not isinstance(mcfg, Mapping) or not isinstance(mcfg.get("clip"), Mapping):
+            problems.append("'config.model.clip' is missing (an adapter-only checkpoint needs its base CLIP named)")
+        else:
+            problems += _config_head_problems(mcfg)
+    return problems
+
+
+def _config_head_problems(mcfg: Mapping) -> List[str]:
+    """config.model.head of an adapter-only checkpoint, which its head is rebuilt from."""
+    head = mcfg.get("head") or {}
+    if not isinstance(head, Mapping):
+        return [f"config.model.head is a {type(head).__name__} (expected a mapping)"]
+    name, kwargs = head_kwargs(mcfg)
+    if name not in HEADS:
+        return [f"config.model.head.name={name!r:.40} (expected one of {sorted(HEADS)})"]
+    return kwargs_problems(HEADS[name].__init__, kwargs, "config.model.head.", ("width",))
+
+
+def check_checkpoint(ckpt: Any, where: str, rebuild: bool = True) -> None:
+    """Refuse a malformed checkpoint dict of ours (``checkpoint_problems``): one ValueError line
+    naming ``where`` and every bad field."""
+    if not is_framework_checkpoint(ckpt):
+        raise ValueError(f"{where} is not a checkpoint written by this framework "
+                         f"(expected a dict with format '{FORMAT}')")
+    problems = checkpoint_problems(ckpt, rebuild)
+    if problems:
+        raise ValueError(f"{where}: malformed checkpoint: " + "; ".join(problems))
+
+
 def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     """One of our training checkpoints, as the dict ``train.py`` wrote (an exported folder
-    comes back in the same shape)."""
+    comes back in the same shape), its fields checked (``checkpoint_problems``; 'model_args'
+    only if present: resuming does not need it)."""
     path = Path(path)
     if path.is_dir() and is_exported_folder(path):
         return exported_checkpoint(path)
     ckpt = read_torch_file(path, "checkpoint")
-    if not is_framework_checkpoint(ckpt):
-        raise ValueError(f"{path} is not a checkpoint written by this framework "
-                         f"(expected a dict with format '{FORMAT}')")
+    check_checkpoint(ckpt, str(path), rebuild=False)
     return ckpt
 
 
@@ -89,24 +149,33 @@ def read_init_checkpoint(model_cfg: Mapping) -> Optional[dict]:
 def load_model_from_checkpoint(ckpt: Mapping, where: Optional[str] = None) -> CLIP4Clip:
     """Rebuild the model of one of our checkpoints. Full checkpoints need nothing else;
     trainable-only ones (``weights: trainable``) first load the base CLIP their config names.
-    ``where`` (the file) is named in errors."""
+    ``where`` (the file) is named in errors. Every field is checked first (``check_checkpoint``),
+    and every size ``model_args`` declares against the weights before anything is built."""
     where = where or "checkpoint"
-    try:
-        return _model_from_checkpoint(ckpt, where)
-    except (KeyError, TypeError, AttributeError) as e:  # a dict of ours with a field lost or mangled
-        raise ValueError(f"{where}: a checkpoint of this framework with a missing or malformed field "
-                         f"({type(e).__name__}: {e}); expected 'model_args', 'model' and 'config' as written "
-                         "by train.py") from e
-
-
-def _model_from_checkpoint(ckpt: Mapping, where: str) -> CLIP4Clip:
+    check_checkpoint(ckpt, where)
     if ckpt.get("weights") == "trainable":
-        mcfg = ckpt["config"]["model"]
-        model = build_model(mcfg, vocab_size=ckpt["model_args"]["clip"]["vocab_size"],
-                            adapter_cfg=ckpt["model_args"].get("adapter"), init_state=read_init_checkpoint(mcfg))
-        if model.clip.config != CLIPConfig.from_dict(ckpt["model_args"]["clip"]):
-            raise ValueError(f"{where}: the base CLIP named in this adapter checkpoint's config "
-                             f"({ckpt['config']['model']['clip']}) is not the one it was trained on")
-        load_trainable_state_dict(model, ckpt["model"])
-        return model
+        return _trainable_model(ckpt, where)
     return model_with_state(ckpt["model_args"], ckpt["model"], where)
+
+
+def _trainable_model(ckpt: Mapping, where: str) -> CLIP4Clip:
+    """An adapter-only checkpoint's model: the base CLIP and head its config names (the CLIP
+    bounded by its own file), checked to be the CLIP ``model_args`` describe; then its adapters,
+    whose sizes are compared with the checkpoint's keys on a meta-device build before the real
+    model allocates them."""
+    args, mcfg = ckpt["model_args"], ckpt["config"]["model"]
+    layers = head_layer_problems(head_kwargs(mcfg)[1], ckpt["model"], "config.model.head.")
+    if layers:
+        raise ValueError(f"{where}: config.model.head does not describe the weights: " + "; ".join(layers))
+    model = build_model(mcfg, vocab_size=args["clip"]["vocab_size"], init_state=read_init_checkpoint(mcfg))
+    if model.clip.config != CLIPConfig.from_dict(args["clip"]):
+        raise ValueError(f"{where}: the base CLIP named in this adapter checkpoint's config "
+                         f"({mcfg['clip'].get('pretrained') or 'model.clip.arch'}) is not the one it was trained on")
+    # Safe to build on meta now: model_args' CLIP is the one just loaded, so its layer counts are real.
+    problems = trainable_problems(meta_model(args, where), ckpt["model"])
+    if problems:
+        raise ValueError(f"{where}: the adapter weights do not fit the model its model_args describe: "
+                         + "; ".join(problems))
+    apply_adapters(model, args.get("adapter"))
+    load_trainable_state_dict(model, ckpt["model"])
+    return model

@@ -15,9 +15,10 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 
 from ..clip.towers import CLIP, CLIPConfig
-from .files import load_state_checked, read_weights_file
+from .files import check_state_fits, load_state_checked, read_weights_file, state_shapes
 
-__all__ = ["NON_PARAMETER_KEYS", "clip_from_state_dict", "clip_state_dict", "read_state_dict", "with_activation"]
+__all__ = ["NON_PARAMETER_KEYS", "check_clip_fits", "clip_from_state_dict", "clip_state_dict", "read_state_dict",
+           "with_activation"]
 
 # Buffers OpenAI's TorchScript archives (and, under clip., official CLIP4Clip checkpoints)
 # carry that are not parameters of the model.
@@ -40,6 +41,8 @@ def clip_state_dict(sd, path) -> Dict[str, torch.Tensor]:
         raise ValueError(f"{path} does not hold a state dict (got {type(sd).__name__})")
     out = {}
     for k, v in sd.items():
+        if not isinstance(k, str):
+            raise ValueError(f"{path}: key {k!r:.40} is a {type(k).__name__}; expected parameter names (strings)")
         if k in NON_PARAMETER_KEYS:
             continue
         k = k[len("module."):] if k.startswith("module.") else k
@@ -48,16 +51,33 @@ def clip_state_dict(sd, path) -> Dict[str, torch.Tensor]:
         out[k] = v.float() if torch.is_floating_point(v) else v
     return out
 
+def check_clip_fits(config: CLIPConfig, sd: Mapping[str, torch.Tensor], where: str,
+                    names: Optional[Mapping[str, str]] = None) -> None:
+    """Refuse, before anything is allocated, an architecture that does not fit an OpenAI-layout
+    state dict: first the sizes (``CLIPConfig.size_problems``, fields named as ``names`` maps
+    them; the layer counts decide how many modules even a shape-only build makes), then every
+    key and shape against ``CLIP(config)`` built on the meta device, which allocates nothing."""
+    problems = config.size_problems(sd, names)
+    if problems:
+        raise ValueError(f"{where}: the architecture does not fit the weights: " + "; ".join(problems))
+    with torch.device("meta"):
+        shapes = state_shapes(CLIP(config))
+    check_state_fits(shapes, sd, where)
+
+
 def clip_from_state_dict(sd: Mapping[str, torch.Tensor], config: Optional[CLIPConfig] = None,
                          where: Optional[str] = None) -> CLIP:
     """Build a CLIP (architecture ``config``, or inferred from ``sd``'s shapes) and load ``sd``
-    with every key and shape checked. ``where`` (the file) is named in errors."""
+    with every key and shape checked. ``where`` (the file) is named in errors. Nothing is
+    allocated before the architecture is known to fit the weights (``check_clip_fits``)."""
     inferred = config is None
-    config = config or CLIPConfig.from_state_dict(sd)
-    model = CLIP(config)
+    where = where or "CLIP weights"
+    config = config or CLIPConfig.from_state_dict(sd, where)
     how = "inferred from their shapes" if inferred else "from their config"
-    load_state_checked(model, sd, f"{where or 'CLIP weights'} (architecture {how}: "
-                                  f"width {config.vision_width}, {config.vision_layers} layers)")
+    label = f"{where} (architecture {how}: width {config.vision_width}, {config.vision_layers} layers)"
+    check_clip_fits(config, sd, label)
+    model = CLIP(config)
+    load_state_checked(model, sd, label)
     return model
 
 def with_activation(config: CLIPConfig, activation: Optional[str], source: Optional[str]) -> CLIPConfig:

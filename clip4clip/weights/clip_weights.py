@@ -23,12 +23,13 @@ import torch
 from ..clip.towers import CLIP, CLIPConfig
 from ..core.download import ensure_file, weights_cache_dir
 from .clip_state import clip_from_state_dict, read_state_dict, with_activation
-from .exported import is_exported_folder
+from .exported import CONFIG_FILE, EXPORT_FORMAT, MAX_EXPORT_CONFIG_BYTES, is_exported_folder
+from .files import read_json
 from .hf import HF_PREFIX, HF_WEIGHT_FILES, is_hf_folder, read_hf_folder, resolve_hf
 from .openclip import OPEN_CLIP_WEIGHT_FILES, is_open_clip_file, read_open_clip
 
 __all__ = ["PRETRAINED", "available_models", "is_clip_folder", "is_pretrained_name", "load_clip", "pretrained_url",
-           "read_clip_weights", "resolve_clip_file", "resolve_clip_source"]
+           "read_clip_weights", "refuse_unknown_config", "resolve_clip_file", "resolve_clip_source"]
 
 _BASE_URL = "https://openaipublic.azureedge.net/clip/models"
 
@@ -106,6 +107,7 @@ def read_clip_weights(path: Union[str, os.PathLike], activation: Optional[str] =
         if is_exported_folder(path):
             raise ValueError(f"{path}: a whole model exported by python -m clip4clip.export, not CLIP weights; pass it "
                              "where a checkpoint is expected (checkpoint=..., --checkpoint ...)")
+        refuse_unknown_config(path)
         raise FileNotFoundError(f"{path}: a folder without CLIP weights (expected a Hugging Face CLIPModel folder: "
                                 f"config.json with one of {list(HF_WEIGHT_FILES)}; or OpenCLIP's "
                                 f"{list(OPEN_CLIP_WEIGHT_FILES)})")
@@ -117,8 +119,23 @@ def read_clip_weights(path: Union[str, os.PathLike], activation: Optional[str] =
             raise ValueError(f"{path}: Hugging Face CLIPModel weights, but no CLIP config.json beside them (it holds "
                              "the head counts and the activation, which the weights do not)")
         return read_hf_folder(path.parent, activation, weights_file=path.name)
-    config = CLIPConfig.from_state_dict(sd)
+    config = CLIPConfig.from_state_dict(sd, str(path))
     return sd, with_activation(config, activation, "OpenAI's release (QuickGELU)" if released else None)
+
+
+def refuse_unknown_config(folder: Path) -> None:
+    """For a folder that is neither an export nor a CLIP folder but has a ``config.json``: say
+    what is wrong with that file (it does not parse: line and column; or it is neither kind),
+    rather than that the folder lacks weights or checkpoints. Returns when there is none."""
+    cfg_path = folder / CONFIG_FILE
+    if not cfg_path.is_file():
+        return
+    cfg = read_json(cfg_path, "config.json", MAX_EXPORT_CONFIG_BYTES)  # raises: not valid JSON (line L column C...)
+    if is_exported_folder(folder) or is_hf_folder(folder):
+        return
+    got = {k: cfg.get(k) for k in ("format", "model_type")} if isinstance(cfg, dict) else type(cfg).__name__
+    raise ValueError(f"{cfg_path}: neither an export of this framework ('format': {EXPORT_FORMAT!r}) nor a "
+                     f"Hugging Face CLIP config ('model_type': 'clip'); got {got}")
 
 
 def is_clip_folder(path: Union[str, os.PathLike]) -> bool:

@@ -24,9 +24,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from ..builder import build_tokenizer
 from ..heads import DEFAULT_HEAD
 from ..model import CLIP4Clip
-from .checkpoints import checkpoint_file, exported_checkpoint, is_framework_checkpoint, load_model_from_checkpoint
+from .checkpoints import (check_checkpoint, checkpoint_file, exported_checkpoint, is_framework_checkpoint,
+                          load_model_from_checkpoint)
 from .clip_state import clip_from_state_dict, clip_state_dict
-from .clip_weights import PRETRAINED, is_clip_folder, is_pretrained_name, load_clip
+from .clip_weights import PRETRAINED, is_clip_folder, is_pretrained_name, load_clip, refuse_unknown_config
 from .exported import is_exported_folder
 from .files import is_safetensors_file, read_torch_file
 from .official import load_official_checkpoint
@@ -44,6 +45,8 @@ def resolve_source(arg: Union[str, os.PathLike]) -> str:
     path = Path(arg).expanduser()
     if path.is_dir() and (is_exported_folder(path) or is_clip_folder(path)):
         return str(path.resolve())
+    if path.is_dir() and not (path / "checkpoints").is_dir():
+        refuse_unknown_config(path)  # a truncated export config.json is named as such, not as a missing best.pt
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {arg}: no such file or run folder, and not a released "
                                 f"CLIP name {list(PRETRAINED)} or hf:<repo id>")
@@ -59,19 +62,22 @@ def read_checkpoint(arg: Union[str, os.PathLike]) -> Tuple[str, Any, str]:
     path = Path(source)
     if path.is_dir():
         if is_exported_folder(path):
-            return "ours", exported_checkpoint(path), source
+            ckpt = exported_checkpoint(path)
+            check_checkpoint(ckpt, source)
+            return "ours", ckpt, source
         return "clip", load_clip(path), source  # a Hugging Face / OpenCLIP folder
     if is_safetensors_file(path) or is_open_clip_file(path):
         return "clip", load_clip(path), source
     obj = read_torch_file(source, "checkpoint")
     if is_framework_checkpoint(obj):
+        check_checkpoint(obj, source)  # callers read its config before the model is rebuilt
         return "ours", obj, source
     if isinstance(obj, dict) and any(str(k).startswith("clip.") for k in obj):
         return "official", obj, source
     if isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj):
         sd = clip_state_dict(obj, source)  # TorchScript archives arrive here as their state dict
         if "visual.proj" in sd:
-            return "clip", clip_from_state_dict(sd), source
+            return "clip", clip_from_state_dict(sd, where=source), source
         if any(k.startswith(("text_model.", "vision_model.")) for k in sd):  # Hugging Face layout
             return "clip", load_clip(source), source
     raise ValueError(f"checkpoint={source} is none of: a checkpoint of this framework, an official "

@@ -14,28 +14,39 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from safetensors.torch import save_file
 
-from ..core.atomic import atomic_write, atomic_write_text
 from ..core.errors import user_errors
 from .checkpoints import checkpoint_file, load_checkpoint, load_model_from_checkpoint
 from .exported import CONFIG_FILE, EXPORT_FORMAT, WEIGHTS_FILE, load_exported
+from .files import check_state_fits, state_shapes
+from .rebuild import check_model_args, meta_model
 
 __all__ = ["export_checkpoint", "main"]
 
 
 
-def _json_default(obj: Any):
-    if isinstance(obj, tuple):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"a {type(obj).__name__} in the checkpoint's config cannot be written as JSON")
+def _config_text(meta: Dict[str, Any], where: Path) -> str:
+    """``meta`` as config.json's text; a value JSON cannot hold (a tensor left in the run's
+    config, a container that contains itself) is a ValueError naming the checkpoint."""
+    def default(obj: Any):
+        if isinstance(obj, tuple):
+            return list(obj)
+        if isinstance(obj, Path):
+            return str(obj)
+        raise ValueError(f"a {type(obj).__name__} cannot be written as JSON")
+
+    try:
+        return json.dumps(meta, indent=2, default=default, allow_nan=True) + "\n"
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{where}: its config, model_args or tokenizer cannot be written to {CONFIG_FILE}: {e}") from e
 
 
 def _unshared(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -52,19 +63,13 @@ def _unshared(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def export_checkpoint(source: Union[str, os.PathLike], out_dir: Union[str, os.PathLike],
-                      force: bool = False, verify: bool = True) -> Path:
-    """Write ``out_dir/model.safetensors`` and ``out_dir/config.json`` from one of our
-    checkpoints (file or run folder). ``force``: replace an existing export. ``verify``: read the
-    export back and check every tensor is bit-identical. Returns ``out_dir``."""
-    path = checkpoint_file(source)
+def _export_contents(path: Path) -> Tuple[Dict[str, torch.Tensor], str]:
+    """(state dict, config.json text) of the export of checkpoint ``path``, after every check
+    loading the export will make: the checkpoint's fields, its model_args against every key and
+    shape (``load_model_from_checkpoint``), and the model_args again against the full state
+    that is written (an adapter-only checkpoint's state is completed with its base CLIP)."""
     ckpt = load_checkpoint(path)
-    if "model_args" not in ckpt:
-        raise ValueError(f"{path}: the checkpoint has no model_args, so the model cannot be rebuilt from an export")
-    out = Path(out_dir).expanduser()
-    if (out / WEIGHTS_FILE).exists() and not force:
-        raise FileExistsError(f"{out / WEIGHTS_FILE} exists; pass --force to replace it")
-    model = load_model_from_checkpoint(ckpt, str(path))  # adapter-only checkpoints get their base CLIP
+    model = load_model_from_checkpoint(ckpt, str(path))  # checks every field, key and shape first
     state = _unshared(model.state_dict())
     meta = {
         "format": EXPORT_FORMAT,
@@ -76,18 +81,56 @@ def export_checkpoint(source: Union[str, os.PathLike], out_dir: Union[str, os.Pa
         "state": {k: v for k, v in (ckpt.get("state") or {}).items()
                   if k in ("epoch", "step", "best_epoch", "best_score")},
     }
-    text = json.dumps(meta, indent=2, default=_json_default, allow_nan=True) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    # Weights first, config last: a folder with a config.json always has the weights it describes.
-    atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt",
-                                                                                       "clip4clip": EXPORT_FORMAT}),
-                 fsync=True)
-    atomic_write_text(out / CONFIG_FILE, text)
+    check_model_args(meta["model_args"], state, str(path))
+    check_state_fits(state_shapes(meta_model(meta["model_args"], str(path))), state,
+                     f"{path} (the exported state against its model_args)")
+    return state, _config_text(meta, path)
+
+
+def _write_staged(stage: Path, state: Dict[str, torch.Tensor], text: str, verify: bool) -> None:
+    """Both files into ``stage``, the weights flushed to disk; with ``verify`` read back there."""
+    save_file(state, str(stage / WEIGHTS_FILE), metadata={"format": "pt", "clip4clip": EXPORT_FORMAT})
+    fd = os.open(stage / WEIGHTS_FILE, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    (stage / CONFIG_FILE).write_text(text, encoding="utf-8")
     if verify:
-        back, _, _ = load_exported(out)
+        back, _, _ = load_exported(stage)
         for k, v in back.state_dict().items():
             if not torch.equal(v, state[k]):
-                raise ValueError(f"{out}: the export does not read back identically ({k} differs)")
+                raise ValueError(f"{stage}: the export does not read back identically ({k} differs)")
+
+
+def export_checkpoint(source: Union[str, os.PathLike], out_dir: Union[str, os.PathLike],
+                      force: bool = False, verify: bool = True) -> Path:
+    """Write ``out_dir/model.safetensors`` and ``out_dir/config.json`` from one of our
+    checkpoints (file or run folder). ``force``: replace an existing export. ``verify``: read the
+    export back and check every tensor is bit-identical. Returns ``out_dir``.
+
+    Nothing is written for a checkpoint that loading would refuse: it is checked in full first
+    (``_export_contents``). The files are then written into a hidden folder inside ``out_dir``,
+    verified there and moved into place (weights first, config last: a folder with a
+    config.json always has the weights it describes); a failure leaves ``out_dir`` as it was."""
+    path = checkpoint_file(source)
+    out = Path(out_dir).expanduser()
+    if (out / WEIGHTS_FILE).exists() and not force:
+        raise FileExistsError(f"{out / WEIGHTS_FILE} exists; pass --force to replace it")
+    state, text = _export_contents(path)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".export-tmp-", dir=out))
+    try:
+        _write_staged(stage, state, text, verify)
+        os.replace(stage / WEIGHTS_FILE, out / WEIGHTS_FILE)
+        os.replace(stage / CONFIG_FILE, out / CONFIG_FILE)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
     return out
 
 

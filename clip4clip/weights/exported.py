@@ -6,61 +6,57 @@ needs neither pickle nor the original run. Writing is ``export.py``.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Dict, Tuple, Union
 
 import torch
 
-from .files import file_in_folder, read_weights_file
+from .files import SECTION, field_problems, file_in_folder, nullable, read_json, read_weights_file
 from .rebuild import model_with_state
 
-__all__ = ["CONFIG_FILE", "EXPORT_FORMAT", "WEIGHTS_FILE", "is_exported_folder", "load_exported", "read_export"]
+__all__ = ["CONFIG_FILE", "EXPORT_FORMAT", "MAX_EXPORT_CONFIG_BYTES", "WEIGHTS_FILE", "is_exported_folder",
+           "load_exported", "read_export"]
 
 EXPORT_FORMAT = "clip4clip-framework/export-1"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# An export's config.json holds model_args, the run's config and a word tokenizer's vocabulary
+# (~10 bytes a word: 1 MB for 100k words); 64 MiB is far above any, and keeps a huge file unread.
+MAX_EXPORT_CONFIG_BYTES = 64 * 2 ** 20
+# config.json's schema, checked before any value is used ('weights' is checked as a file name).
+_SCHEMA = {"model_args": SECTION, "tokenizer": SECTION, "config": nullable(SECTION), "state": nullable(SECTION)}
 
 
 def is_exported_folder(path: Union[str, os.PathLike]) -> bool:
-    """``path`` is a folder written by ``export_checkpoint`` (its config.json says so)."""
+    """``path`` is a folder written by ``export_checkpoint`` (its config.json says so). False
+    too when config.json cannot be read; ``read_export`` says why."""
     cfg = Path(path) / CONFIG_FILE
     if not cfg.is_file():
         return False
     try:
-        meta = json.loads(cfg.read_text(encoding="utf-8"))
+        meta = read_json(cfg, "export config", MAX_EXPORT_CONFIG_BYTES)
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and meta.get("format") == EXPORT_FORMAT
 
 
 def read_export(folder: Path) -> Tuple[dict, Dict[str, torch.Tensor]]:
-    """(config.json as a dict, the full state dict), both checked enough to rebuild the model."""
+    """(config.json as a dict, the full state dict), both checked enough to rebuild the model
+    (``model_with_state`` then checks ``model_args`` against every key and shape)."""
     cfg = folder / CONFIG_FILE
-    try:
-        meta = json.loads(cfg.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not cfg.exists():
         raise FileNotFoundError(f"{folder}: no {CONFIG_FILE} (not a folder written by python -m clip4clip.export)")
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{cfg}: unreadable ({type(e).__name__}: {e})") from e
+    meta = read_json(cfg, "export config", MAX_EXPORT_CONFIG_BYTES)
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{cfg}: not an export of this framework (format {got!r}, expected {EXPORT_FORMAT!r})")
-    for key in ("model_args", "tokenizer"):
-        if key not in meta:
-            raise ValueError(f"{cfg}: '{key}' is missing")
-    return meta, read_weights_file(_weights_path(folder, meta.get("weights", WEIGHTS_FILE), cfg),
-                                   "exported weights file")
-
-
-def _weights_path(folder: Path, name, cfg: Path) -> Path:
-    """config.json's ``weights``: a file in the export folder, and not a link leading out of it
-    (a shared folder must not make us read, say, /etc/... or ../other.pt)."""
-    path = file_in_folder(folder, name, cfg, "weights")
-    if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
-        raise ValueError(f"{cfg}: 'weights' {name!r} is a link to {path.resolve()}, outside {folder}")
-    return path
+    missing = [key for key in ("model_args", "tokenizer") if key not in meta]
+    problems = [f"'{key}' is missing" for key in missing] + field_problems(meta, _SCHEMA)
+    if problems:
+        raise ValueError(f"{cfg}: " + "; ".join(problems))
+    weights = file_in_folder(folder, meta.get("weights", WEIGHTS_FILE), cfg, "weights")
+    return meta, read_weights_file(weights, "exported weights file")
 
 
 def load_exported(folder: Union[str, os.PathLike]) -> Tuple[torch.nn.Module, dict, dict]:

@@ -18,7 +18,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -26,7 +26,8 @@ from ..clip.towers import CLIPConfig
 from ..core.download import weights_cache_dir
 from ..tokenizer import BPE_VOCAB_ENV, BPE_VOCAB_FILENAME, ClipTokenizer
 from .clip_state import clip_state_dict, with_activation
-from .files import file_in_folder, read_weights_file
+from .files import (COUNT, POSITIVE, SECTION, SIZE, TEXT, field_problems, file_in_folder, nullable, read_json,
+                    read_weights_file, regular_file)
 from .openclip import OPEN_CLIP_CONFIG_FILE, OPEN_CLIP_WEIGHT_FILES
 
 __all__ = ["HF_PREFIX", "HF_WEIGHT_FILES", "check_tokenizer_files", "clip_config_from_hf",
@@ -50,6 +51,35 @@ _VISION_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_l
                     "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
 # hidden_act -> our activation. HF's "gelu" is the exact (erf) GELU, as nn.GELU().
 _HF_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
+
+# config.json's schema: checked right after parsing, before any value is used.
+_TOP_SCHEMA = {"model_type": TEXT, "projection_dim": nullable(COUNT), "text_config": nullable(SECTION),
+               "vision_config": nullable(SECTION), "text_config_dict": nullable(SECTION),
+               "vision_config_dict": nullable(SECTION)}
+_TOWER_SCHEMA = {"hidden_size": COUNT, "intermediate_size": COUNT, "num_hidden_layers": COUNT,
+                 "num_attention_heads": COUNT, "hidden_act": TEXT, "layer_norm_eps": POSITIVE}
+_TEXT_SCHEMA = {**_TOWER_SCHEMA, "vocab_size": COUNT, "max_position_embeddings": COUNT,
+                "projection_dim": nullable(COUNT)}
+_VISION_SCHEMA = {**_TOWER_SCHEMA, "num_channels": COUNT, "image_size": SIZE, "patch_size": SIZE}
+# Our CLIPConfig fields as config.json names them, for errors about sizes the weights contradict.
+_HF_NAMES = {"vision_layers": "vision_config.num_hidden_layers", "vision_width": "vision_config.hidden_size",
+             "vision_patch_size": "vision_config.patch_size", "image_resolution": "vision_config.image_size",
+             "transformer_layers": "text_config.num_hidden_layers", "transformer_width": "text_config.hidden_size",
+             "context_length": "text_config.max_position_embeddings", "vocab_size": "text_config.vocab_size",
+             "embed_dim": "projection_dim"}
+
+# Revisions as the Hub names them: branch and tag names (components of letters, digits, '.',
+# '_', '-', not starting with '.'; 'refs/pr/1' for pull requests) or commit hashes. Anything
+# else ('..', an absolute path, a backslash, NUL) could make refs/<rev> or snapshots/<rev>
+# point outside the repository's cache folder.
+_REVISION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(?:/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
+_MAX_REVISION_CHARS = 255
+# What huggingface_hub writes into refs/<revision>: the commit's 40-hex-digit hash.
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+# vocab.json and merges.txt are compared with CLIP's BPE only as advice. CLIP's are 0.86 MB and
+# 0.52 MB; a file far larger cannot be CLIP's vocabulary and is not read (a 150 MB vocab.json
+# would take 1.7 GB as Python objects).
+MAX_TOKENIZER_FILE_BYTES = 8 * 2 ** 20
 
 
 # --------------------------------------------------------------------------- cache and download
@@ -77,7 +107,11 @@ def _split_repo(spec: str) -> Tuple[str, str]:
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
         raise ValueError(f"hf:{spec}: expected hf:<org>/<name>[@revision] (e.g. hf:openai/clip-vit-base-patch32) "
                          "or hf:/path/to/a/folder")
-    return repo, revision or "main"
+    revision = revision or "main"
+    if not _REVISION_RE.fullmatch(revision) or ".." in revision or len(revision) > _MAX_REVISION_CHARS:
+        raise ValueError(f"hf:{spec}: revision {revision!r:.80} is not a branch, tag or commit name (letters, digits, "
+                         "'.', '_', '-' and '/' between parts; no '..', no leading '/' or '.')")
+    return repo, revision
 
 
 def _weights_present(folder: Path) -> Optional[str]:
@@ -93,15 +127,24 @@ def _weights_present(folder: Path) -> Optional[str]:
 
 
 def _shard_names(index: Path) -> List[str]:
-    """The shard files a ``*.index.json`` names: plain file names beside it, never paths out."""
-    meta = json.loads(index.read_text())
-    weight_map = (meta.get("weight_map") if isinstance(meta, dict) else None) or {}
-    if not isinstance(weight_map, dict):
-        raise ValueError(f"{index}: 'weight_map' is a {type(weight_map).__name__}; expected a mapping "
+    """The shard files a ``*.index.json`` names: plain file names beside it, never paths out
+    (nor links out of the folder; in a Hugging Face cache snapshot, out of the repository's)."""
+    meta = read_json(index, "Hugging Face weights index")
+    weight_map = meta.get("weight_map") if isinstance(meta, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        got = type(weight_map).__name__ if weight_map is not None or isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{index}: 'weight_map' is {'empty' if weight_map == {} else 'a ' + got}; expected a mapping "
                          "of parameter names to shard file names")
+    within = _repo_folder(index.parent)
     for name in weight_map.values():
-        file_in_folder(index.parent, name, index, "weight_map")
+        file_in_folder(index.parent, name, index, "weight_map", within=within)
     return sorted(set(weight_map.values()))
+
+
+def _repo_folder(folder: Path) -> Path:
+    """The folder a file of ``folder`` may link into: the repository's cache folder for a
+    snapshot of the Hugging Face cache (its files link to ``../../blobs/``), else ``folder``."""
+    return folder.parent.parent if folder.parent.name == "snapshots" else folder
 
 
 def _shards_present(index: Path) -> bool:
@@ -113,12 +156,25 @@ def _shards_present(index: Path) -> bool:
 
 def _cached_snapshot(hub: Path, repo: str, revision: str) -> Optional[Path]:
     """``hub/models--org--name/snapshots/<commit>`` for ``revision`` (a branch or tag through
-    ``refs/``, or a commit hash), if that folder exists. Read straight off the cache layout."""
+    ``refs/``, or a commit hash), if that folder exists. Read straight off the cache layout;
+    what ``refs/<revision>`` holds must be a commit hash, and the snapshot must lie inside the
+    repository's ``snapshots/`` (``revision`` itself was checked by ``_split_repo``)."""
     root = hub / ("models--" + repo.replace("/", "--"))
     ref = root / "refs" / revision
-    commit = ref.read_text().strip() if ref.is_file() else revision
+    commit = revision
+    if ref.is_file():
+        with open(regular_file(ref, "Hugging Face cache ref"), "rb") as f:
+            commit = f.read(_MAX_REVISION_CHARS + 1).decode("utf-8", errors="replace").strip()
+        if not _COMMIT_RE.fullmatch(commit):
+            raise ValueError(f"hf:{repo}@{revision}: the cache's {ref} holds {commit!r:.60}; expected the "
+                             "40-hex-digit commit hash huggingface_hub writes there (an edited or corrupt cache)")
     snap = root / "snapshots" / commit
-    return snap if snap.is_dir() else None
+    if not snap.is_dir():
+        return None
+    if not snap.resolve().is_relative_to((root / "snapshots").resolve()):
+        raise ValueError(f"{snap}: the cached snapshot of hf:{repo}@{revision} leads to {snap.resolve()}, outside "
+                         f"{root / 'snapshots'}")
+    return snap
 
 
 def _where_to_put(repo: str, hub: Path) -> str:
@@ -212,12 +268,13 @@ def _download(repo: str, revision: str, hub: Path, progress: bool) -> Path:
 # --------------------------------------------------------------------------- config and conversion
 
 def is_hf_folder(folder: Union[str, os.PathLike]) -> bool:
-    """``folder/config.json`` describes a transformers CLIPModel."""
+    """``folder/config.json`` describes a transformers CLIPModel (False too when it cannot be
+    read; ``read_hf_folder`` reports why)."""
     path = Path(folder) / HF_CONFIG_FILE
     if not path.is_file():
         return False
     try:
-        cfg = json.loads(path.read_text())
+        cfg = read_json(path, "Hugging Face config")
     except (OSError, ValueError):
         return False
     return isinstance(cfg, dict) and (cfg.get("model_type") == "clip" or "CLIPModel" in (cfg.get("architectures") or []))
@@ -228,13 +285,60 @@ def _sub_config(cfg: Mapping, name: str, defaults: Mapping) -> dict:
     return {**defaults, **sub}
 
 
+def _schema_problems(cfg: Any) -> List[str]:
+    """config.json's types and ranges (``_TOP_SCHEMA``, ``_TEXT_SCHEMA``, ``_VISION_SCHEMA``), and
+    the two divisibility rules our towers need; [] when all hold."""
+    if not isinstance(cfg, dict):
+        return [f"the file holds a {type(cfg).__name__}, not an object {{...}}"]
+    problems = field_problems(cfg, _TOP_SCHEMA)
+    if problems:
+        return problems
+    towers = {"text": (_sub_config(cfg, "text", _TEXT_DEFAULTS), _TEXT_SCHEMA),
+              "vision": (_sub_config(cfg, "vision", _VISION_DEFAULTS), _VISION_SCHEMA)}
+    for tower, (c, schema) in towers.items():
+        problems += field_problems(c, schema, f"{tower}_config.")
+    if problems:
+        return problems
+    for tower, (c, _) in towers.items():
+        if c["hidden_size"] % c["num_attention_heads"]:
+            problems.append(f"{tower}_config.num_attention_heads={c['num_attention_heads']} does not divide "
+                            f"hidden_size={c['hidden_size']}")
+    v = towers["vision"][0]
+    image, patch = (x[0] if isinstance(x, (list, tuple)) else x for x in (v["image_size"], v["patch_size"]))
+    if image % patch:
+        problems.append(f"vision_config.image_size={image} is not a multiple of patch_size={patch}")
+    return problems
+
+
 def clip_config_from_hf(cfg: Mapping, where: str = "config.json") -> CLIPConfig:
-    """A transformers ``CLIPConfig`` dict (config.json) -> our CLIPConfig, refusing what our towers
-    do not implement (MLP ratio other than 4, LayerNorm eps other than 1e-5, unknown activation)."""
+    """A transformers ``CLIPConfig`` dict (config.json) -> our CLIPConfig, refusing malformed
+    values (``_schema_problems``) and what our towers do not implement (MLP ratio other than 4,
+    LayerNorm eps other than 1e-5, unknown activation)."""
+    problems = _schema_problems(cfg)
+    if problems:
+        raise ValueError(f"{where}: not a valid Hugging Face CLIP config: " + "; ".join(problems))
     if cfg.get("model_type") not in (None, "clip"):
         raise ValueError(f"{where}: model_type {cfg.get('model_type')!r} is not a CLIP (expected 'clip')")
     t = _sub_config(cfg, "text", _TEXT_DEFAULTS)
     v = _sub_config(cfg, "vision", _VISION_DEFAULTS)
+    problems = _unsupported(t, v)
+    if problems:
+        raise ValueError(f"{where}: this Hugging Face CLIP is not one our towers implement: " + "; ".join(problems))
+    image, patch = v["image_size"], v["patch_size"]
+    image = image[0] if isinstance(image, (list, tuple)) else image
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    return CLIPConfig(
+        embed_dim=cfg.get("projection_dim") or t.get("projection_dim") or 512,
+        image_resolution=image, vision_layers=v["num_hidden_layers"],
+        vision_width=v["hidden_size"], vision_patch_size=patch,
+        context_length=t["max_position_embeddings"], vocab_size=t["vocab_size"],
+        transformer_width=t["hidden_size"], transformer_heads=t["num_attention_heads"],
+        transformer_layers=t["num_hidden_layers"], vision_heads=v["num_attention_heads"],
+        activation=_HF_ACTIVATIONS[t["hidden_act"]])
+
+
+def _unsupported(t: Mapping, v: Mapping) -> List[str]:
+    """What a well-formed config asks for that our towers do not implement."""
     problems = []
     for tower, c in (("text", t), ("vision", v)):
         if c["intermediate_size"] != 4 * c["hidden_size"]:
@@ -247,22 +351,10 @@ def clip_config_from_hf(cfg: Mapping, where: str = "config.json") -> CLIPConfig:
         problems.append(f"text hidden_act {t['hidden_act']!r} differs from vision hidden_act {v['hidden_act']!r}")
     if v["num_channels"] != 3:
         problems.append(f"vision num_channels {v['num_channels']} (expected 3)")
-    image, patch = v["image_size"], v["patch_size"]
-    for label, value in (("image_size", image), ("patch_size", patch)):
+    for label, value in (("image_size", v["image_size"]), ("patch_size", v["patch_size"])):
         if isinstance(value, (list, tuple)) and len(set(value)) != 1:
             problems.append(f"non-square vision {label} {value}")
-    if problems:
-        raise ValueError(f"{where}: this Hugging Face CLIP is not one our towers implement: " + "; ".join(problems))
-    image = image[0] if isinstance(image, (list, tuple)) else image
-    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
-    return CLIPConfig(
-        embed_dim=int(cfg.get("projection_dim") or t.get("projection_dim") or 512),
-        image_resolution=int(image), vision_layers=int(v["num_hidden_layers"]),
-        vision_width=int(v["hidden_size"]), vision_patch_size=int(patch),
-        context_length=int(t["max_position_embeddings"]), vocab_size=int(t["vocab_size"]),
-        transformer_width=int(t["hidden_size"]), transformer_heads=int(t["num_attention_heads"]),
-        transformer_layers=int(t["num_hidden_layers"]), vision_heads=int(v["num_attention_heads"]),
-        activation=_HF_ACTIVATIONS[t["hidden_act"]])
+    return problems
 
 
 # HF name (regex, full match) -> OpenAI name. Layer internals are shared by both towers.
@@ -307,6 +399,9 @@ def hf_to_openai_state_dict(sd: Mapping[str, torch.Tensor], where: str = "Huggin
         if key in _DIRECT:
             out[_DIRECT[key]] = value
         elif key in _TRANSPOSED:
+            if value.dim() != 2:  # .t() of a 3-d tensor raises; of a 1-d one silently does nothing
+                problems.append(f"{key} has shape {list(value.shape)} (expected a 2-d projection matrix)")
+                continue
             out[_TRANSPOSED[key]] = value.t().contiguous()
         elif key in _POSITION_IDS:
             flat = value.reshape(-1)
@@ -336,6 +431,9 @@ def hf_to_openai_state_dict(sd: Mapping[str, torch.Tensor], where: str = "Huggin
             problems.append(f"{prefix}attn.in_proj_{kind} lacks the {'/'.join(missing)} projection")
             continue
         shapes = {tuple(parts[p].shape) for p in "qkv"}
+        if () in shapes:  # torch.cat refuses 0-d tensors
+            problems.append(f"{prefix}attn q/k/v {kind} include a 0-d tensor (expected a weight or bias)")
+            continue
         if len(shapes) != 1:
             problems.append(f"{prefix}attn q/k/v {kind} shapes differ: {[list(parts[p].shape) for p in 'qkv']}")
             continue
@@ -362,22 +460,25 @@ def read_hf_folder(folder: Union[str, os.PathLike], activation: Optional[str] = 
                    weights_file: Optional[str] = None) -> Tuple[Dict[str, torch.Tensor], CLIPConfig]:
     """A Hugging Face CLIP folder -> (OpenAI-layout float32 state dict, CLIPConfig).
 
+    config.json is checked (``clip_config_from_hf``) before the weights are read, and every size
+    it declares is compared with the weights' shapes (``CLIPConfig.size_problems``) before the
+    caller builds anything from it.
+
     ``activation``: None takes ``hidden_act`` from config.json; an explicit value wins (with a
     warning when it contradicts the checkpoint). Where the folder ships ``vocab.json``/``merges.txt``
     and CLIP's BPE vocabulary is available locally, they are compared (``check_tokenizer_files``).
     ``weights_file``: which file of the folder to read (default: the first of ``HF_WEIGHT_FILES``)."""
     folder = Path(folder)
     cfg_path = folder / HF_CONFIG_FILE
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{cfg_path}: cannot read the Hugging Face config ({type(e).__name__}: {e})") from e
-    config = clip_config_from_hf(cfg, str(cfg_path))
+    config = clip_config_from_hf(read_json(cfg_path, "Hugging Face config"), str(cfg_path))
     name = weights_file or next((n for n in HF_WEIGHT_FILES if (folder / n).is_file()), None)
     if name is None:
         raise FileNotFoundError(f"{folder}: config.json but no weights (expected one of {list(HF_WEIGHT_FILES)})")
     where = str(folder / name)
     sd = hf_to_openai_state_dict(clip_state_dict(_read_hf_weights(folder, name), where), where)
+    problems = config.size_problems(sd, _HF_NAMES)
+    if problems:
+        raise ValueError(f"{cfg_path}: does not describe the weights in {name}: " + "; ".join(problems))
     config = with_activation(config, activation, f"{cfg_path} (hidden_act)")
     _auto_check_tokenizer(folder)
     return sd, config
@@ -389,26 +490,38 @@ def check_tokenizer_files(folder: Union[str, os.PathLike], tokenizer) -> Optiona
     """Compare a checkpoint's ``vocab.json``/``merges.txt`` with ``tokenizer`` (a ClipTokenizer:
     CLIP's BPE). Returns None when they agree (or the folder has neither file), else the first
     difference, which is also issued as a warning naming the file: the model is then used with
-    CLIP's BPE, which may not be what it was trained with."""
+    CLIP's BPE, which may not be what it was trained with. A file larger than
+    ``MAX_TOKENIZER_FILE_BYTES`` is not read: it cannot be CLIP's, and that is the difference."""
     folder = Path(folder)
-    message = None
     vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
-    if vocab_path.is_file():
-        try:
-            theirs = json.loads(vocab_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            theirs, message = None, f"{vocab_path}: unreadable ({type(e).__name__}: {e})"
-        if theirs is not None:
-            message = _vocab_difference(theirs, tokenizer._encoder, vocab_path)
+    message = _vocab_file_difference(vocab_path, tokenizer) if vocab_path.is_file() else None
     if message is None and merges_path.is_file():
-        ours = sorted(tokenizer._ranks, key=tokenizer._ranks.get)
-        lines = merges_path.read_text(encoding="utf-8").split("\n")
-        merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
-        message = _merges_difference(merges, ours, merges_path)
+        message = _merges_file_difference(merges_path, tokenizer)
     if message:
         warnings.warn(f"{message}; this checkpoint's tokenizer is not CLIP's BPE vocabulary, and the model is used "
                       "with CLIP's", stacklevel=2)
     return message
+
+
+def _vocab_file_difference(path: Path, tokenizer) -> Optional[str]:
+    try:
+        theirs = read_json(path, "tokenizer vocabulary", max_bytes=MAX_TOKENIZER_FILE_BYTES)
+    except (OSError, ValueError) as e:  # too large, not JSON: named in the message already
+        return str(e)
+    if not isinstance(theirs, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in theirs.values()):
+        return f"{path} is not a token -> id mapping (got a {type(theirs).__name__})"
+    return _vocab_difference(theirs, tokenizer._encoder, path)
+
+
+def _merges_file_difference(path: Path, tokenizer) -> Optional[str]:
+    size = path.stat().st_size
+    if size > MAX_TOKENIZER_FILE_BYTES:
+        return f"{path} is {size} bytes, far more than CLIP's merges (not read; limit {MAX_TOKENIZER_FILE_BYTES})"
+    with open(regular_file(path, "tokenizer merges"), "rb") as f:
+        lines = f.read(MAX_TOKENIZER_FILE_BYTES).decode("utf-8", errors="replace").split("\n")
+    ours = sorted(tokenizer._ranks, key=tokenizer._ranks.get)
+    merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
+    return _merges_difference(merges, ours, path)
 
 
 def _vocab_difference(theirs: Mapping[str, int], ours: Mapping[str, int], path: Path) -> Optional[str]:

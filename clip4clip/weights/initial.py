@@ -7,6 +7,7 @@ from typing import Mapping, Optional
 from ..builder import apply_adapters, arch_clip, head_kwargs, to_plain
 from ..clip import CLIP, CLIPConfig
 from ..model import CLIP4Clip
+from .clip_state import check_clip_fits
 from .clip_weights import load_clip
 from .files import load_state_checked
 
@@ -27,11 +28,7 @@ def build_model(model_cfg: Mapping, vocab_size: Optional[int] = None,
     cfg = to_plain(model_cfg)
     clip_cfg = cfg.get("clip") or {}
     if init_state is not None:
-        # The checkpoint's own config: head counts cannot be read off the weights, and guessing
-        # OpenAI's width/64 would silently re-split a small model's attention (4 heads -> 1).
-        saved = init_state.get("clip")
-        clip = CLIP(CLIPConfig.from_dict(dict(saved)) if saved else CLIPConfig.from_state_dict(
-            {k[5:]: v for k, v in init_state["model"].items() if k.startswith("clip.")}))
+        clip = _init_clip(init_state)
         init_from_clip = False
     elif clip_cfg.get("pretrained"):
         clip = load_clip(clip_cfg["pretrained"], cache_dir=clip_cfg.get("cache_dir"),
@@ -49,6 +46,18 @@ def build_model(model_cfg: Mapping, vocab_size: Optional[int] = None,
     apply_adapters(model, adapter_cfg)
     model.clip.set_grad_checkpointing(bool(cfg.get("grad_checkpointing", False)))
     return model
+
+
+def _init_clip(init_state: Mapping) -> CLIP:
+    """The CLIP of ``model.init_checkpoint``, built from the checkpoint's own config (head counts
+    cannot be read off the weights, and guessing OpenAI's width/64 would silently re-split a
+    small model's attention: 4 heads -> 1), after that config is checked against its weights."""
+    where = f"model.init_checkpoint={init_state.get('path')}"
+    clip_sd = {k[len("clip."):]: v for k, v in init_state["model"].items() if k.startswith("clip.")}
+    saved = init_state.get("clip")
+    config = CLIPConfig.from_dict(dict(saved)) if saved else CLIPConfig.from_state_dict(clip_sd, where)
+    check_clip_fits(config, clip_sd, where, {f: f"model_args.clip.{f}" for f in config.to_dict()})
+    return CLIP(config)
 
 
 def _load_init_state(model: CLIP4Clip, init_state: Mapping, where: Optional[str] = None) -> None:

@@ -12,10 +12,11 @@ from typing import Dict, Mapping, Optional, Union
 
 import torch
 
+from ..clip import CLIP
 from ..heads import DEFAULT_HEAD, HEADS
 from ..model import CLIP4Clip
 from .clip_state import NON_PARAMETER_KEYS, clip_from_state_dict
-from .files import load_state_checked, read_torch_file
+from .files import check_state_fits, load_state_checked, read_torch_file, state_shapes
 
 def detect_official_head(non_clip_sd: Mapping[str, torch.Tensor]) -> str:
     """Which CLIP4Clip head wrote these non-CLIP keys (the default head when there are none)."""
@@ -32,9 +33,10 @@ def load_official_checkpoint(path: Union[str, os.PathLike, Mapping], where: Opti
     ``cross.*`` / ``similarity_dense.*`` -> tightTransf, none -> meanP. Every key must be used."""
     sd = path if isinstance(path, Mapping) else _read(path)
     where = where or ("checkpoint" if isinstance(path, Mapping) else str(path))
-    odd = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    odd = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if odd:
-        raise ValueError(f"{where}: keys {odd[:5]} hold no tensor; expected a state dict of tensors")
+        raise ValueError(f"{where}: keys {[str(k) for k in odd[:5]]} are not names of tensors; expected a state dict "
+                         "of tensors")
     clip_sd = {k[len("clip."):]: v.float() if torch.is_floating_point(v) else v
                for k, v in sd.items() if k.startswith("clip.") and k[len("clip."):] not in NON_PARAMETER_KEYS}
     rest = {k: v for k, v in sd.items() if not k.startswith("clip.")}
@@ -42,18 +44,34 @@ def load_official_checkpoint(path: Union[str, os.PathLike, Mapping], where: Opti
         raise ValueError(f"{where} has no 'clip.*' keys: not an official CLIP4Clip checkpoint "
                          f"(first keys: {sorted(sd)[:5]})")
     head_name = detect_official_head(rest)
-    kwargs = {**HEADS[head_name].official_kwargs(rest), **head_kwargs}
+    kwargs = {**_official_kwargs(head_name, rest, where), **head_kwargs}
     try:
         clip = clip_from_state_dict(clip_sd)
     except (ValueError, KeyError) as e:
         raise ValueError(f"{where}: the 'clip.*' weights do not form a CLIP model: {e}") from e
-    model = CLIP4Clip.from_clip(clip, head_name, init_head_from_clip=False, **kwargs)
-    unknown = sorted(set(rest) - model.head.official_keys(rest))
+    # The head on the meta device first: its block count comes from the keys, so the shapes are
+    # compared before the real head allocates width^2-sized blocks for each of them.
+    with torch.device("meta"):
+        probe = CLIP4Clip.from_clip(CLIP(clip.config), head_name, init_head_from_clip=False, **kwargs)
+    unknown = sorted(set(rest) - probe.head.official_keys(rest))
     if unknown:
         raise ValueError(f"{where}: unexpected keys for a {head_name} checkpoint: {unknown}")
-    converted = model.head.convert_official(rest)
-    load_state_checked(model.head, {k: v.float() for k, v in converted.items()}, f"{where} ({head_name} head)")
+    converted = {k: v.float() for k, v in probe.head.convert_official(rest).items()}
+    check_state_fits(state_shapes(probe.head), converted, f"{where} ({head_name} head)")
+    model = CLIP4Clip.from_clip(clip, head_name, init_head_from_clip=False, **kwargs)
+    load_state_checked(model.head, converted, f"{where} ({head_name} head)")
     return model
+
+
+def _official_kwargs(head_name: str, rest: Mapping[str, torch.Tensor], where: str) -> dict:
+    """The head's constructor arguments read off its keys; a key the head needs for that being
+    absent (or not the shape it reads) is named with the file."""
+    try:
+        return HEADS[head_name].official_kwargs(rest)
+    except KeyError as e:  # the heads index the state dict directly
+        raise ValueError(f"{where}: a {head_name} checkpoint without '{e.args[0]}'") from e
+    except IndexError as e:  # a 0-d tensor where a table was expected
+        raise ValueError(f"{where}: a {head_name} checkpoint whose head tensors have the wrong shape ({e})") from e
 
 
 def _read(path) -> Dict[str, torch.Tensor]:

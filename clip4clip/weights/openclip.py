@@ -15,17 +15,16 @@ scale, SigLIP's ``logit_bias``, MLP ratios other than 4...) are refused with wha
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
 from ..clip.towers import CLIPConfig
 from .clip_state import clip_state_dict, with_activation
-from .files import read_weights_file
+from .files import COUNT, FLAG, POSITIVE, SECTION, SIZE, Field, field_problems, nullable, read_json, read_weights_file
 
 __all__ = ["OPEN_CLIP_CONFIG_FILE", "OPEN_CLIP_WEIGHT_FILES", "clip_config_from_open_clip", "is_open_clip_file",
            "open_clip_state_dict", "read_open_clip"]
@@ -55,6 +54,22 @@ _SUPPORTED = [
 ]
 
 
+# The model config's schema, checked before any value is used. vision_cfg.layers may also be a
+# list: a ResNet tower, refused by name below rather than as a malformed value.
+_MODEL_SCHEMA = {"embed_dim": COUNT, "quick_gelu": FLAG, "vision_cfg": SECTION, "text_cfg": nullable(SECTION)}
+_VISION_SCHEMA = {"image_size": SIZE, "width": COUNT, "patch_size": SIZE, "head_width": COUNT,
+                  "mlp_ratio": POSITIVE,
+                  "layers": Field(lambda v: COUNT.ok(v) or isinstance(v, (list, tuple)), COUNT.expected)}
+_TEXT_SCHEMA = {"context_length": COUNT, "vocab_size": COUNT, "width": COUNT, "heads": COUNT, "layers": COUNT,
+                "mlp_ratio": POSITIVE}
+# Our CLIPConfig fields as the model config names them, for errors about sizes the weights contradict.
+_OPEN_CLIP_NAMES = {"vision_layers": "vision_cfg.layers", "vision_width": "vision_cfg.width",
+                    "vision_patch_size": "vision_cfg.patch_size", "image_resolution": "vision_cfg.image_size",
+                    "transformer_layers": "text_cfg.layers", "transformer_width": "text_cfg.width",
+                    "context_length": "text_cfg.context_length", "vocab_size": "text_cfg.vocab_size",
+                    "embed_dim": "embed_dim"}
+
+
 def is_open_clip_file(path: Union[str, os.PathLike]) -> bool:
     """The file is named as OpenCLIP's Hugging Face uploads name their weights."""
     return Path(path).name in OPEN_CLIP_WEIGHT_FILES
@@ -66,11 +81,61 @@ def _model_cfg(cfg: Mapping) -> Mapping:
     return cfg.get("model_cfg", cfg)
 
 
+def _schema_problems(cfg: Any) -> List[str]:
+    """The model config's types and ranges and the divisibility rules our towers need, named
+    as in the file (``model_cfg.vision_cfg.width=...``); [] when all hold."""
+    if not isinstance(cfg, dict) or not isinstance(_model_cfg(cfg), dict):
+        return ["expected an object {...} (with model_cfg: {...})"]
+    m = _model_cfg(cfg)
+    pre = "model_cfg." if "model_cfg" in cfg else ""
+    problems = field_problems(m, _MODEL_SCHEMA, pre) + ([] if "embed_dim" in m else [f"{pre}embed_dim is missing"])
+    if problems:
+        return problems
+    v, t = m["vision_cfg"], m.get("text_cfg") or {}
+    problems = (field_problems(v, _VISION_SCHEMA, f"{pre}vision_cfg.")
+                + field_problems(t, _TEXT_SCHEMA, f"{pre}text_cfg."))
+    if problems or isinstance(v.get("layers"), (list, tuple)):
+        return problems
+    width, head_width = v.get("width", 768), v.get("head_width", 64)
+    text_width, heads = t.get("width", 512), t.get("heads", 8)
+    if width % head_width:
+        problems.append(f"{pre}vision_cfg.width={width} is not a multiple of head_width={head_width}")
+    if text_width % heads:
+        problems.append(f"{pre}text_cfg.heads={heads} does not divide width={text_width}")
+    image, patch = (x[0] if isinstance(x, (list, tuple)) else x
+                    for x in (v.get("image_size", 224), v.get("patch_size", 16)))
+    if image % patch:
+        problems.append(f"{pre}vision_cfg.image_size={image} is not a multiple of patch_size={patch}")
+    return problems
+
+
 def clip_config_from_open_clip(cfg: Mapping, where: str = OPEN_CLIP_CONFIG_FILE) -> CLIPConfig:
     """An OpenCLIP model config (``open_clip_config.json`` or ``model_configs/NAME.json``) ->
-    CLIPConfig, with OpenCLIP's defaults for the keys it leaves out."""
+    CLIPConfig, with OpenCLIP's defaults for the keys it leaves out. Malformed values
+    (``_schema_problems``) and variants our towers lack are refused, naming ``where``."""
+    problems = _schema_problems(cfg)
+    if problems:
+        raise ValueError(f"{where}: not a valid OpenCLIP model config: " + "; ".join(problems))
     m = _model_cfg(cfg)
     v, t = dict(m.get("vision_cfg") or {}), dict(m.get("text_cfg") or {})
+    problems = _unsupported(m, v, t)
+    if problems:
+        raise ValueError(f"{where}: this OpenCLIP model is not one our towers implement: {'; '.join(problems)}")
+    image, patch = v.get("image_size", 224), v.get("patch_size", 16)
+    image = image[0] if isinstance(image, (list, tuple)) else image
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    width = v.get("width", 768)
+    return CLIPConfig(
+        embed_dim=m["embed_dim"], image_resolution=image, vision_layers=v.get("layers", 12),
+        vision_width=width, vision_patch_size=patch, context_length=t.get("context_length", 77),
+        vocab_size=t.get("vocab_size", 49408), transformer_width=t.get("width", 512),
+        transformer_heads=t.get("heads", 8), transformer_layers=t.get("layers", 12),
+        vision_heads=width // v.get("head_width", 64),
+        activation="quick_gelu" if m.get("quick_gelu", False) else "gelu")
+
+
+def _unsupported(m: Mapping, v: Mapping, t: Mapping) -> List[str]:
+    """What a well-formed OpenCLIP config asks for that our towers do not implement."""
     sections = {"model": m, "vision": v, "text": t}
     problems = [f"{sec}_cfg.{key}={sections[sec][key]!r}" if sec != "model" else f"{key}={m[key]!r}"
                 for sec, key, ok in _SUPPORTED
@@ -80,29 +145,16 @@ def clip_config_from_open_clip(cfg: Mapping, where: str = OPEN_CLIP_CONFIG_FILE)
     for sec, c in (("vision", v), ("text", t)):
         if float(c.get("mlp_ratio", 4.0)) != 4.0:
             problems.append(f"{sec}_cfg.mlp_ratio={c['mlp_ratio']} (our blocks have 4)")
-    image, patch = v.get("image_size", 224), v.get("patch_size", 16)
-    for label, value in (("image_size", image), ("patch_size", patch)):
+    for label, value in (("image_size", v.get("image_size")), ("patch_size", v.get("patch_size"))):
         if isinstance(value, (list, tuple)) and len(set(value)) != 1:
             problems.append(f"non-square vision_cfg.{label}={value}")
-    if problems:
-        raise ValueError(f"{where}: this OpenCLIP model is not one our towers implement: {'; '.join(problems)}")
-    image = image[0] if isinstance(image, (list, tuple)) else image
-    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
-    width = int(v.get("width", 768))
-    text_width = int(t.get("width", 512))
-    return CLIPConfig(
-        embed_dim=int(m["embed_dim"]), image_resolution=int(image), vision_layers=int(v.get("layers", 12)),
-        vision_width=width, vision_patch_size=int(patch), context_length=int(t.get("context_length", 77)),
-        vocab_size=int(t.get("vocab_size", 49408)), transformer_width=text_width,
-        transformer_heads=int(t.get("heads", 8)), transformer_layers=int(t.get("layers", 12)),
-        vision_heads=width // int(v.get("head_width", 64)),
-        activation="quick_gelu" if m.get("quick_gelu", False) else "gelu")
+    return problems
 
 
 def _is_causal_mask(mask: torch.Tensor) -> bool:
-    n = mask.shape[-1]
-    if mask.dim() != 2 or mask.shape[0] != n:
+    if mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
         return False
+    n = mask.shape[-1]
     upper = torch.ones(n, n, dtype=torch.bool).triu(1)
     return bool(torch.isinf(mask[upper]).all() and (mask[upper] < 0).all() and (mask[~upper] == 0).all())
 
@@ -126,11 +178,8 @@ def open_clip_state_dict(sd: Mapping[str, torch.Tensor], where: str = "OpenCLIP 
 
 
 def _read_config(path: Path) -> Mapping:
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the OpenCLIP config ({type(e).__name__}: {e})") from e
-    if not isinstance(cfg, dict) or "vision_cfg" not in _model_cfg(cfg):
+    cfg = read_json(path, "OpenCLIP config")
+    if not isinstance(cfg, dict) or not isinstance(_model_cfg(cfg), dict) or "vision_cfg" not in _model_cfg(cfg):
         raise ValueError(f"{path}: not an OpenCLIP config (expected model_cfg.vision_cfg / text_cfg)")
     return cfg
 
@@ -155,13 +204,18 @@ def read_open_clip(path: Union[str, os.PathLike], activation: Optional[str] = No
     sd = open_clip_state_dict(clip_state_dict(read_weights_file(path), path), str(path))
     config_path = Path(config_path) if config_path else path.parent / OPEN_CLIP_CONFIG_FILE
     if config_path.is_file():
-        config = clip_config_from_open_clip(_read_config(config_path), str(config_path))
+        cfg = _read_config(config_path)
+        config = clip_config_from_open_clip(cfg, str(config_path))
+        pre = "model_cfg." if "model_cfg" in cfg else ""
+        problems = config.size_problems(sd, {k: pre + v for k, v in _OPEN_CLIP_NAMES.items()})
+        if problems:
+            raise ValueError(f"{config_path}: does not describe the weights in {path.name}: " + "; ".join(problems))
         return sd, with_activation(config, activation, f"{config_path} (model_cfg.quick_gelu)")
     if activation is None:
         raise ValueError(f"{path}: OpenCLIP weights without {OPEN_CLIP_CONFIG_FILE} beside them, so their activation "
                          "is unknown: put the config there, or pass activation='gelu' (most LAION models; "
                          "model.clip.activation=gelu) or 'quick_gelu' (OpenAI-trained and *-quickgelu models)")
-    config = CLIPConfig.from_state_dict(sd)
+    config = CLIPConfig.from_state_dict(sd, str(path))
     head_width = _KNOWN_VISION_HEAD_WIDTH.get(config.vision_width)
     return sd, replace(config, activation=activation,
                        vision_heads=config.vision_width // head_width if head_width else None)

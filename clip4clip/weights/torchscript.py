@@ -20,7 +20,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["is_torchscript_archive", "read_torchscript_state_dict", "TorchScriptReadError"]
+__all__ = ["MAX_CODE_MEMBER_BYTES", "MAX_PICKLE_MEMBER_BYTES", "MAX_ZIP_INFLATION", "TorchScriptReadError",
+           "is_torchscript_archive", "read_torchscript_state_dict"]
 
 # Storage class names in the pickle -> element dtype.
 _STORAGE_DTYPES = {
@@ -35,6 +36,20 @@ _STORAGE_DTYPES = {
 #   __buffers__ = []
 _CLASS_RE = re.compile(r"^class (\w+)\(Module\):\n((?:[ \t]+.*\n?)*)", re.MULTILINE)
 _DECL_RE = re.compile(r"^[ \t]+(__parameters__|__buffers__) = (\[[^\]]*\])", re.MULTILINE)
+
+
+# What one member of an archive may hold; each is checked against ZipInfo.file_size before it is
+# read, and read with that limit so a header that understates the size cannot exceed it.
+# code/**/*.py: the scripted modules' source, kilobytes each in OpenAI's files (tens of KB for
+# the largest); only the __parameters__/__buffers__ lines are used.
+MAX_CODE_MEMBER_BYTES = 4 * 2 ** 20
+# data.pkl: the module tree and tensor references (kilobytes to a few hundred KB), and
+# byteorder (a word).
+MAX_PICKLE_MEMBER_BYTES = 64 * 2 ** 20
+MAX_BYTEORDER_MEMBER_BYTES = 16
+# All storages together may hold at most this multiple of the archive's size: torch writes them
+# uncompressed, so more means deflated members inflating far past the file (a zip bomb).
+MAX_ZIP_INFLATION = 4
 
 
 class TorchScriptReadError(ValueError):
@@ -66,19 +81,34 @@ class _Storage:
         self.dtype = dtype
 
 
+def _read_member(zf: zipfile.ZipFile, name: str, limit: int, where: Path) -> bytes:
+    """Member ``name``'s bytes, refused when the zip says it holds more than ``limit``, and never
+    more than ``limit`` read (zipfile stops at the declared size; a lying one then fails its CRC)."""
+    info = zf.getinfo(name)
+    if info.file_size > limit:
+        raise TorchScriptReadError(f"{where}: archive member {name} declares {info.file_size} bytes, more than the "
+                                   f"{limit} such a member may hold (a crafted or corrupt archive)")
+    with zf.open(info) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TorchScriptReadError(f"{where}: archive member {name} holds more than {limit} bytes; refused")
+    return data
+
+
 def _rebuild_tensor(storage: torch.Tensor, offset: int, size, stride, *_ignored) -> torch.Tensor:
     return storage.as_strided(tuple(size), tuple(stride), int(offset))
 
 
-def _declared_state(zf: zipfile.ZipFile, prefix: str) -> Dict[str, Tuple[set, set]]:
-    """'__torch__.a.b.Name' -> (parameter names, buffer names), from the archive's code files."""
+def _declared_state(zf: zipfile.ZipFile, prefix: str, where: Path) -> Dict[str, Tuple[set, set]]:
+    """'__torch__.a.b.Name' -> (parameter names, buffer names), from the archive's code files
+    (each at most ``MAX_CODE_MEMBER_BYTES``)."""
     out: Dict[str, Tuple[set, set]] = {}
     code = f"{prefix}/code/"
     for name in zf.namelist():
         if not (name.startswith(code) and name.endswith(".py")):
             continue
         module = name[len(code):-3].replace("/", ".")  # '__torch__.torch.nn.modules.linear'
-        text = zf.read(name).decode("utf-8", errors="replace")
+        text = _read_member(zf, name, MAX_CODE_MEMBER_BYTES, where).decode("utf-8", errors="replace")
         for match in _CLASS_RE.finditer(text):
             decls = dict(_DECL_RE.findall(match.group(2)))
             try:
@@ -91,9 +121,10 @@ def _declared_state(zf: zipfile.ZipFile, prefix: str) -> Dict[str, Tuple[set, se
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, zf: zipfile.ZipFile, prefix: str, where: Path):
+    def __init__(self, data: bytes, zf: zipfile.ZipFile, prefix: str, where: Path, budget: int):
         super().__init__(io.BytesIO(data))
         self._zf, self._prefix, self._where = zf, prefix, where
+        self._budget = budget  # bytes the storages may still take (each reference counts)
         self._classes: Dict[str, type] = {}
 
     def find_class(self, module: str, name: str):
@@ -118,16 +149,24 @@ class _Unpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _Storage)):
             raise TorchScriptReadError(f"{self._where}: unexpected storage reference {pid!r:.80} in data.pkl")
         dtype, key, numel = pid[1].dtype, str(pid[2]), int(pid[4])
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        name = f"{self._prefix}/data/{key}"
         try:
-            raw = self._zf.read(f"{self._prefix}/data/{key}")
+            stored = self._zf.getinfo(name).file_size
         except KeyError:
             raise TorchScriptReadError(f"{self._where}: data.pkl names storage {key!r}, which the archive "
                                        "does not hold (truncated or edited file)") from None
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if len(raw) < numel * itemsize:
-            raise TorchScriptReadError(f"{self._where}: storage {key!r} holds {len(raw)} bytes; expected "
+        if numel < 0 or stored < numel * itemsize:
+            raise TorchScriptReadError(f"{self._where}: storage {key!r} holds {stored} bytes; expected "
                                        f"{numel * itemsize} ({numel} x {dtype})")
-        return torch.frombuffer(bytearray(raw[: numel * itemsize]), dtype=dtype) if numel else torch.empty(0, dtype=dtype)
+        self._budget -= numel * itemsize
+        if self._budget < 0:
+            raise TorchScriptReadError(f"{self._where}: the storages data.pkl names add up to more than "
+                                       f"{MAX_ZIP_INFLATION}x the archive's size; refused (a crafted or corrupt "
+                                       "archive)")
+        # The storage's own size bounds the read: data.pkl's numel was checked against it above.
+        raw = _read_member(self._zf, name, numel * itemsize, self._where) if numel else b""
+        return torch.frombuffer(bytearray(raw), dtype=dtype) if numel else torch.empty(0, dtype=dtype)
 
 
 def _collect(obj: _ScriptObject, declared: Dict[str, Tuple[set, set]], prefix: str,
@@ -158,10 +197,12 @@ def read_torchscript_state_dict(path) -> Dict[str, torch.Tensor]:
                 raise TorchScriptReadError(f"{path}: a zip without <folder>/data.pkl: not a TorchScript archive")
             prefix = pkl[0].split("/", 1)[0]
             order = f"{prefix}/byteorder"
-            if order in zf.namelist() and zf.read(order).strip() not in (b"little", b""):
+            if order in zf.namelist() and _read_member(zf, order, MAX_BYTEORDER_MEMBER_BYTES, path).strip() not in (
+                    b"little", b""):
                 raise TorchScriptReadError(f"{path}: big-endian archive; only little-endian files are read")
-            declared = _declared_state(zf, prefix)
-            root = _Unpickler(zf.read(pkl[0]), zf, prefix, path).load()
+            declared = _declared_state(zf, prefix, path)
+            data = _read_member(zf, pkl[0], MAX_PICKLE_MEMBER_BYTES, path)
+            root = _Unpickler(data, zf, prefix, path, MAX_ZIP_INFLATION * path.stat().st_size).load()
     except TorchScriptReadError:
         raise
     except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError,
