@@ -49,12 +49,16 @@ def _entry(name: str):
     raise ValueError(f"unknown entry {name!r}; expected one of {ENTRIES}")
 
 
-def _vm_bytes() -> int:
+def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
     return 0
+
+
+def _vm_bytes() -> int:
+    return _status_kib("VmSize") * 1024
 
 
 def _child(probe: dict, log: Path, memory_mb: int) -> None:
@@ -87,7 +91,9 @@ def _child(probe: dict, log: Path, memory_mb: int) -> None:
 
 
 def _run(probes, out_dir: Path, jobs: int, timeout: float, memory_mb: int) -> dict:
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    # The driver's resident size now (KiB), not its ru_maxrss: Linux carries ru_maxrss across
+    # exec, so it would hold the peak of the pytest process that started the driver.
+    base_rss = _status_kib("VmRSS")
     results, running, todo = {}, {}, list(probes)
     while todo or running:
         while todo and len(running) < jobs:

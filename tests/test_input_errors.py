@@ -215,8 +215,10 @@ def test_a_second_indexer_on_the_same_out_is_one_line(tmp_path, run, capsys):
 
 
 # ------------------------------------------------------------------------------ MSVD pickle
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of a large pytest
+# process would report the parent's peak; VmHWM is this process's own address space's.
 _MEASURE = """
-import resource, sys
+import sys
 from pathlib import Path
 from data.readers.msvd import load_msvd_captions
 try:
@@ -224,7 +226,8 @@ try:
     print("loaded")
 except ValueError as e:
     print("error:", e)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+print(int(hwm) // 1024)
 """
 
 
