@@ -291,6 +291,11 @@ class Corpus:
             shutil.copytree(base, folder)
             (folder / "config.json").write_text(text)
             self.pretrained_entries(f"hf/config.{kind}", folder)
+        fifo = self._file("hf", "fifo_config")
+        shutil.copytree(base, fifo)
+        (fifo / "config.json").unlink()
+        os.mkfifo(fifo / "config.json")  # opening it would block forever waiting for a writer
+        self.pretrained_entries("hf/config.fifo", fifo)
         sharded = {"weight_map_list": ["model.safetensors"], "weight_map_outside": {"logit_scale": "../valid/model.safetensors"},
                    "weight_map_absolute": {"logit_scale": str(base / "model.safetensors")}}
         for kind, wmap in sharded.items():
@@ -384,6 +389,9 @@ class Corpus:
                                                          "a red circle"], folder)
             self._add(f"index/{kind}@merge", "search", ["merge", "--out", str(self.root / "merged" / kind),
                                                         str(folder)], folder)
+            # serve opens (and checks) the index before it listens: a broken one never gets served
+            self._add(f"index/{kind}@serve", "search", ["serve", "--index", str(folder), "--checkpoint", ckpt,
+                                                        "--port", "0"], folder)
         folder = self._file("index", "faiss_random")
         shutil.copytree(self.index, folder)
         (store.require_version(folder) / "videos.faiss").write_bytes(np.random.default_rng(4).bytes(2048))
