@@ -90,20 +90,20 @@ def run_evaluation(cfg, overrides: Iterable[str] = ()) -> Tuple[Dict[str, Any], 
     model, tokenizer = model_and_tokenizer(kind, payload, config["model"], source=source)
 
     tr = config["trainer"]
-    seed_everything(int(config.get("seed", 0)))
+    seed_everything(int(config["seed"]))
     device = resolve_device(tr["device"])
-    if flag(tr.get("keep_freed_memory", True), "trainer.keep_freed_memory") and device.type == "cpu":
+    if flag(tr["keep_freed_memory"], "trainer.keep_freed_memory") and device.type == "cpu":
         keep_freed_memory()  # freed batches are reused, not faulted in again (same numbers)
     precision = resolve_precision(tr["precision"], device)
-    progress = bool(tr.get("progress", True))
+    progress = bool(tr["progress"])
     model.to(device)
     dcfg = config["dataset"]
     root = dataset_root(dcfg, progress=progress)
-    split = config.get("split", "test")
+    split = config["split"]
     image_size = model.clip.visual.input_resolution
-    ds = build_split(dcfg, root, split, image_size, int(config.get("seed", 0)), progress)
+    ds = build_split(dcfg, root, split, image_size, int(config["seed"]), progress)
     model.check_frames(ds.max_frames)
-    querybank = training_querybank(dcfg, root, post, image_size, int(config.get("seed", 0))) \
+    querybank = training_querybank(dcfg, root, post, image_size, int(config["seed"])) \
         if post.needs_querybank else None
     metrics, processed, enc = evaluate_with_postprocessing(
         model, ds, tokenizer, int(config["model"]["max_words"]), int(tr["eval_batch_size"]), device, precision,

@@ -106,9 +106,9 @@ def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     tr = config["trainer"]
     check_counts(config)
     positive_number(config["optim"]["lr"], "optim.lr")
-    flag(tr.get("keep_freed_memory", True), "trainer.keep_freed_memory")
+    flag(tr["keep_freed_memory"], "trainer.keep_freed_memory")
     device = resolve_device(tr["device"])
-    info, device = init_distributed(device, tr.get("dist_backend", "auto"))
+    info, device = init_distributed(device, tr["dist_backend"])
     try:
         return _train(config, info, device)
     finally:
@@ -127,7 +127,7 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
     collate = TokenizeCollate(tokenizer, int(mcfg["max_words"]))
     # Round-robin shards: the ranks' k-th batches together are the single process's k-th batch.
     sampler = EpochSampler(len(train_ds), seed=int(config["seed"]), shuffle=True, rank=info.rank,
-                           world_size=info.world_size, shuffle_block=int(tr.get("shuffle_block", 1)))
+                           world_size=info.world_size, shuffle_block=int(tr["shuffle_block"]))
     workers = resolve_workers(tr["num_workers"], info.local_world_size)
     train_loader = _loader(train_ds, per_rank_batch(int(tr["batch_size"]), info), collate, workers, device,
                            sampler=sampler)
@@ -146,7 +146,7 @@ def _train(config: dict, info: DistInfo, device: torch.device) -> Tuple[Dict[str
 
     if info.is_main:
         save_config(config, out)
-    logger = Logger(str(out / "tensorboard") if tr.get("tensorboard", True) and info.is_main else None)
+    logger = Logger(str(out / "tensorboard") if tr["tensorboard"] and info.is_main else None)
     acfg = config.get("adapter") or {"name": "none"}
     _report_parameters(model, args, acfg, info, logger, train_loader.batch_size)
     extra = {"model_args": args, "tokenizer": tokenizer_state(tokenizer),
@@ -177,12 +177,12 @@ def _prepare_run(config: dict, info: DistInfo, device: torch.device):
     resume_ckpt = _resume_checkpoint(tr["resume"]) if tr.get("resume") else None
     if tr.get("threads"):
         torch.set_num_threads(int(tr["threads"]))
-    if tr.get("keep_freed_memory", True) and device.type == "cpu":  # a bool: checked in run_training
+    if tr["keep_freed_memory"] and device.type == "cpu":  # a bool: checked in run_training
         keep_freed_memory()  # ~10% of a CPU step was page faults on memory freed by the last one
     seed_everything(int(config["seed"]))
     precision = resolve_precision(tr["precision"], device)
-    progress = bool(tr.get("progress", True)) and info.is_main
-    if resolve_normalize_on_device(tr.get("normalize_on_device", "auto"), device):
+    progress = bool(tr["progress"]) and info.is_main
+    if resolve_normalize_on_device(tr["normalize_on_device"], device):
         dcfg = {**dcfg, "normalize": False}  # uint8 frames: 4x less to copy; normalised on the device
     return out, resume_ckpt, precision, progress, dcfg
 
@@ -239,10 +239,10 @@ def _optimisation(model, opt: dict, total_steps: int, device: torch.device):
                                 pretrained=pretrained_names(model),
                                 weight_decay=float(opt["weight_decay"]), betas=opt["betas"],
                                 eps=float(opt["eps"]), fused=device.type in ("cuda", "cpu"),
-                                hold_text_steps=int(opt.get("hold_text_steps", 0) or 0))
+                                hold_text_steps=int(opt["hold_text_steps"] or 0))
     scheduler = build_scheduler(optimizer, total_steps, float(opt["warmup_proportion"]),
-                                float(opt.get("min_lr_ratio", 0.0)),
-                                release_ramp_steps=int(opt.get("hold_text_ramp_steps", 0) or 0))
+                                float(opt["min_lr_ratio"]),
+                                release_ramp_steps=int(opt["hold_text_ramp_steps"] or 0))
     return optimizer, scheduler
 
 

@@ -93,8 +93,8 @@ class TrainOptions:
         tr, opt = config["trainer"], config["optim"]
         return cls(epochs=int(tr["epochs"]), precision=precision, grad_clip=float(opt.get("grad_clip") or 0.0),
                    log_every=int(tr["log_every"]), checkpoint_every_steps=int(tr.get("checkpoint_every_steps") or 0),
-                   monitor=tr.get("monitor", "t2v/R1"), eval_every=int(tr.get("eval_every") or 1),
-                   vis_queries=int(tr.get("vis_queries", 4)), loss_chunk_size=int(tr.get("loss_chunk_size") or 0),
+                   monitor=tr["monitor"], eval_every=int(tr.get("eval_every") or 1),
+                   vis_queries=int(tr["vis_queries"]), loss_chunk_size=int(tr.get("loss_chunk_size") or 0),
                    progress=progress, ema_decay=float(tr.get("ema_decay") or 0.0))
 
 
