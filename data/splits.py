@@ -10,7 +10,7 @@ from typing import Dict, Mapping, Optional, Tuple, Type
 from .defaults import with_video_defaults
 from .frames.store import default_frame_cache_dir
 from .readers.activitynet import ActivityNetDataset
-from .readers.base import EmptySplitError, MissingDataError, MissingVideosWarning, VideoTextDataset
+from .readers.base import EmptySplitError, MissingDataError, VideoTextDataset
 from .readers.didemo import DiDeMoDataset
 from .readers.lsmdc import LSMDCDataset
 from .readers.msrvtt import MSRVTTDataset
@@ -114,21 +114,27 @@ def build_split(cfg: Mapping, root: Path, split: str, image_size: int, seed: int
     return reader.cls(root, **files, **options)
 
 
+def list_split(cfg: Mapping, root: Path, split: str, image_size: int = 224, seed: int = 0):
+    """``split`` read for its listing only (its videos and captions): no frame cache, no
+    up-front video checks, missing videos dropped, and no warnings (what is missing is reported
+    where the videos are used). For the querybank's captions, search and extract_frames.py."""
+    cfg = with_video_defaults(cfg)
+    listing = {**cfg, "frame_cache": {**cfg["frame_cache"], "use": False}, "cache_frames": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_split(listing, root, split, image_size, seed, progress=False, allow_missing=True, verify=False)
+
+
 def dataset_videos(cfg: Mapping, root: Path) -> Tuple[Dict[str, Path], Dict[str, str]]:
     """Every video the dataset's annotation files name, over all splits that have annotations:
     (video id -> file, video id -> what was looked for, for the missing ones). For extract_frames.py.
     Raises the first split's MissingDataError when no split has its annotation files."""
-    # Listing only: no cache, no up-front checks, missing videos dropped rather than fatal.
-    cfg = with_video_defaults(cfg)
-    listing = {**cfg, "frame_cache": {**cfg["frame_cache"], "use": False}, "cache_frames": False}
     found: Dict[str, Path] = {}
     missing: Dict[str, str] = {}
     errors = []
     for split in ("train", "val", "test"):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", MissingVideosWarning)  # reported as failures instead
-                ds = build_split(listing, root, split, 224, 0, progress=False, allow_missing=True, verify=False)
+            ds = list_split(cfg, root, split)  # missing videos are reported as failures instead
         except EmptySplitError as e:  # every video of the split is missing
             dropped = e.missing_reasons
         except MissingDataError as e:  # this split's annotation file is absent (e.g. no MSR-VTT val)

@@ -7,7 +7,6 @@ overrides on top), an official CLIP4Clip ``pytorch_model.bin.N``, a released CLI
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any, Dict, Iterable, Mapping, Tuple
 
 from ..builder import to_plain
@@ -46,13 +45,10 @@ def training_querybank(dcfg: Mapping, root, post: Postprocess, image_size: int, 
     split (never the split being evaluated). Only the captions are needed, so the training
     split is read without its frame cache and without checking its videos; captions of training
     videos that are missing are left out (``available`` says how many there were to draw from)."""
-    from data import EmptySplitError, MissingVideosWarning
-    listing = {**dcfg, "frame_cache": {**(dcfg.get("frame_cache") or {}), "use": False}, "cache_frames": False}
+    from data import EmptySplitError
+    from data.splits import list_split
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", MissingVideosWarning)
-            train = build_split(listing, root, "train", image_size, seed, progress=False, allow_missing=True,
-                                verify=False)
+        train = list_split(dcfg, root, "train", image_size, seed)
     except EmptySplitError:
         raise ValueError(f"eval.postprocess={','.join(post.methods)} draws its querybank from the training "
                          f"split's captions, but none of {dcfg['name']}'s training videos is under {root}, "

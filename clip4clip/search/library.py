@@ -196,13 +196,6 @@ def video_key(relpath: str) -> str:
 def split_video_ids(dataset_cfg, split: str) -> List[str]:
     """Video ids of one split ('train', 'val', 'test') of the dataset a checkpoint was trained
     on (its resolved ``dataset`` config), as its reader lists them: no video is opened."""
-    import warnings
-
-    from data.splits import build_split, dataset_root
+    from data.splits import dataset_root, list_split
     root = dataset_root(dataset_cfg, progress=False)
-    listing = {**dataset_cfg, "frame_cache": {**(dataset_cfg.get("frame_cache") or {}), "use": False},
-               "cache_frames": False}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # missing videos are reported by the indexer, not here
-        ds = build_split(listing, root, split, 224, 0, progress=False, allow_missing=True, verify=False)
-    return list(ds.video_order)
+    return list(list_split(dataset_cfg, root, split).video_order)  # missing ones: the indexer reports them

@@ -13,7 +13,6 @@ activation (``hidden_act``), cannot be read off the weights. ``transformers`` is
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
