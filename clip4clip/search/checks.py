@@ -29,6 +29,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from ..core.npy import NpyFormatError, read_npy_header
+from ..core.paths import plain_relative
 from .store import READABLE_FORMATS, IndexFormatError
 
 #: Largest video id (ids are SQLite integers and appear in URLs).
@@ -103,15 +104,6 @@ def proxy_file(version: Path, vid: int) -> Optional[Path]:
         if p is not None:
             return p
     return None
-
-
-def is_confined(root: Path, relpath: Any) -> bool:
-    """Whether ``relpath`` (read from an index) names a path under ``root`` written as ours are:
-    relative, POSIX, no ``..``, no NUL."""
-    if not isinstance(relpath, str) or not relpath or "\0" in relpath or "\\" in relpath:
-        return False
-    parts = relpath.split("/")
-    return not relpath.startswith("/") and ".." not in parts and "" not in parts
 
 
 def _tables(db: sqlite3.Connection, path: Path) -> None:
@@ -241,7 +233,7 @@ def check_entry(row: Any, video: np.ndarray, frames: np.ndarray, dim: int) -> Op
     float32 [D] and frame embeddings [T, D], or None when they agree."""
     if not isinstance(row, dict):
         return "its row is not an object"
-    if not is_confined(Path("."), row.get("relpath")):
+    if not plain_relative(row.get("relpath")):
         return "relpath"
     for key in ("size", "mtime_ns", "width", "height", "num_frames", "frame_count"):
         if not isinstance(row.get(key), int) or isinstance(row.get(key), bool):

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from . import store
-from .checks import MAX_ID, check_version, is_confined, proxy_file, thumb_file
+from ..core.paths import plain_relative
+from .checks import MAX_ID, check_version, proxy_file, thumb_file
 from .encoder import Encoder, TextUse
 from .library import VIDEO_EXTENSIONS
 from .segments import best_segment
@@ -396,7 +397,7 @@ class SearchIndex:
         relpath = rows[0][0]
         # Only what the indexer could have indexed: a video file under the library (the index
         # names both, so a changed index must not make the server hand out other files).
-        if not is_confined(self.library, relpath) or not relpath.lower().endswith(VIDEO_EXTENSIONS):
+        if not plain_relative(relpath) or not relpath.lower().endswith(VIDEO_EXTENSIONS):
             return None
         p = (self.library / relpath).resolve()
         return p if p.is_relative_to(self.library) and p.is_file() else None

@@ -32,6 +32,7 @@ from PIL import Image
 
 from clip4clip.core.atomic import atomic_write, atomic_write_text, replace_dir, tmp_path
 from clip4clip.core.npy import NpyFormatError, read_npy_header
+from clip4clip.core.paths import plain_relative
 from ..video.keyframes import KeyframeParams
 from ..video.decode import VideoReadError
 
@@ -95,13 +96,6 @@ def load_manifest(directory: str | os.PathLike) -> dict | None:
     return m
 
 
-def _plain_relative(rel) -> bool:
-    """A path of a manifest entry: a relative name inside the cache folder (no '..', '.', empty
-    part, leading '/', backslash or NUL), so that joining it to the folder stays inside it."""
-    return (isinstance(rel, str) and rel != "" and "\\" not in rel and "\0" not in rel
-            and not rel.startswith("/") and all(part not in ("", ".", "..") for part in rel.split("/")))
-
-
 def _check_entry_files(manifest: Path, video_id: str, entry) -> None:
     """The file names of one manifest entry, read before any is opened: a manifest edited by
     hand (or copied from elsewhere) must not make the loader read files outside the cache."""
@@ -113,7 +107,7 @@ def _check_entry_files(manifest: Path, video_id: str, entry) -> None:
         raise ValueError(f"{manifest}: entry {video_id!r} 'frames' is {type(frames).__name__}; expected a list of file names")
     names += [("frames", f) for f in frames]
     for field_name, rel in names:
-        if not _plain_relative(rel):
+        if not plain_relative(rel):
             raise ValueError(f"{manifest}: entry {video_id!r} '{field_name}' names {rel!r:.80}; expected a relative "
                              "path inside the cache folder (no '..', not absolute). Delete the cache folder and "
                              "extract again")
