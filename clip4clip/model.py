@@ -37,6 +37,7 @@ class CLIP4Clip(nn.Module):
         super().__init__()
         self.clip = clip
         self.head = head
+        head.attach(clip)  # modules a head injects into the towers (TS2-Net's token shift)
 
     @property
     def logit_scale(self) -> nn.Parameter:
@@ -68,11 +69,14 @@ class CLIP4Clip(nn.Module):
         feats = self.clip.encode_text(input_ids)
         return l2_normalize(feats) if normalize else feats
 
-    def encode_frames(self, video: torch.Tensor, **context) -> torch.Tensor:
-        """video [B, T, 3, H, W] -> per-frame CLIP image features [B, T, D] (not normalised)."""
+    def encode_frames(self, video: torch.Tensor, tokens: bool = False, **context) -> torch.Tensor:
+        """video [B, T, 3, H, W] -> per-frame CLIP image features [B, T, D] (not normalised);
+        with ``tokens`` every output token of each frame [B, T, 1 + HW, D] (index 0 = CLS)."""
         b, t = video.shape[:2]
-        feats = self.clip.encode_image(video.reshape(b * t, *video.shape[2:]), **context)
-        return feats.reshape(b, t, -1)
+        images = video.reshape(b * t, *video.shape[2:])
+        if tokens:
+            return self.clip.visual.forward_tokens(images, **context).reshape(b, t, -1, self.embed_dim)
+        return self.clip.encode_image(images, **context).reshape(b, t, -1)
 
     def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
         """video [B, T, 3, H, W], video_mask [B, T] (1 = real frame) -> [B, D] normalised.
@@ -89,42 +93,78 @@ class CLIP4Clip(nn.Module):
         return scale * text_emb @ video_emb.t()
 
     # ------------------------------------------------------------------ retrieval interface
+    @property
+    def text_tokens(self) -> bool:
+        """True when the head scores per-word text features (DRL, X-CLIP): ``text_features``
+        is then [B, L, D] and ``score`` needs the captions' attention mask."""
+        return bool(getattr(self.head, "text_tokens", False))
+
     def text_features(self, input_ids: torch.Tensor,
                       attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """What ``score`` takes for texts: [B, D], L2-normalised for two-tower heads, the raw
-        projected end-of-text feature for a cross-encoder (CLIP4Clip feeds it unnormalised)."""
-        return self.encode_text(input_ids, attention_mask, normalize=self.two_tower)
+        """What ``score`` takes for texts: [B, D], L2-normalised for two-tower heads; for a pair
+        head what it stores from the raw projected end-of-text feature [B, D] (tightTransf,
+        TS2-Net) or from every position's projected state [B, L, D] (``text_tokens``)."""
+        if self.two_tower:
+            return self.encode_text(input_ids, attention_mask, normalize=True)
+        if attention_mask is None:
+            attention_mask = (input_ids != 0).long()
+        if self.text_tokens:
+            _, hidden = self.clip.encode_text(input_ids, return_hidden=True)
+            return self.head.text_features(hidden, attention_mask)
+        return self.head.text_features(self.encode_text(input_ids, normalize=False), attention_mask)
 
     def video_features(self, video: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
-        """What ``score`` takes for videos: the video embedding [B, D] (two-tower) or the
-        per-frame features [B, T, D], not normalised (cross-encoder; keep ``video_mask``)."""
+        """What ``score`` takes for videos: the video embedding [B, D] (two-tower) or what a
+        pair head stores per video from the frame features (keep ``video_mask``)."""
         if self.two_tower:
             return self.encode_video(video, video_mask)
-        return self.encode_frames(video, frame_mask=video_mask)
+        frames = self.encode_frames(video, tokens=bool(getattr(self.head, "visual_tokens", False)),
+                                    frame_mask=video_mask)
+        return self.head.video_features(frames, video_mask)
+
+    def pair_logit_scale(self) -> torch.Tensor:
+        """The logit scale a pair head multiplies by: exp(logit_scale), clamped at 100 unless
+        the head's official code leaves it unclamped (``clamp_logit_scale``)."""
+        log_scale = self.clip.logit_scale
+        if getattr(self.head, "clamp_logit_scale", True):
+            log_scale = log_scale.clamp(max=MAX_LOGIT_SCALE)
+        return log_scale.exp()
 
     def score(self, text: torch.Tensor, video: torch.Tensor, video_mask: Optional[torch.Tensor] = None,
-              text_chunk: Optional[int] = None) -> torch.Tensor:
-        """Features from ``text_features`` [Bt, D] and ``video_features`` -> logits [Bt, Bv]
-        (rows are texts). Two-tower: ``similarity`` (``video_mask`` unused). Cross-encoder:
-        the head scores every pair, ``text_chunk`` texts at a time (memory of text_chunk * Bv
-        sequences; the result does not depend on it)."""
+              text_chunk: Optional[int] = None, text_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Features from ``text_features`` and ``video_features`` -> logits [Bt, Bv] (rows are
+        texts). Two-tower: ``similarity`` (masks unused). Pair heads: the head scores every
+        pair, ``text_chunk`` texts at a time (the result does not depend on it); ``text_mask``
+        [Bt, L] is the captions' attention mask, needed by ``text_tokens`` heads."""
         if self.two_tower:
             return self.similarity(text, video)
         if video_mask is None:
             raise ValueError(f"the {self.head.name} head needs the video mask [Bv, T] to score")
-        return self.head(text, video, video_mask, text_chunk=text_chunk)
+        return self.head(text, video, video_mask, text_chunk=text_chunk, text_mask=text_mask,
+                         logit_scale=self.pair_logit_scale())
+
+    def pair_loss(self, text: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor,
+                  text_mask: Optional[torch.Tensor] = None):
+        """Pair heads: a training batch's features (text i matches video i) -> (logits [B, B],
+        loss): the symmetric cross-entropy of the head's training logits plus its extra term."""
+        logits, extra = self.head.train_logits(text, text_mask, video, video_mask, self.pair_logit_scale())
+        loss = contrastive_loss(logits)
+        return logits, loss if extra is None else loss + extra
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 video: torch.Tensor, video_mask: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Returns {'text_emb', 'video_emb', 'logits' [B, B], 'loss' scalar}: the symmetric
-        cross-entropy over the batch's text-by-video matrix (matching pairs on the diagonal).
-        'text_emb' / 'video_emb' are the ``text_features`` / ``video_features`` of the batch:
-        [B, D] and [B, D] for two-tower heads, [B, D] and [B, T, D] for a cross-encoder."""
+        cross-entropy over the batch's text-by-video matrix (matching pairs on the diagonal),
+        plus a pair head's own extra term. 'text_emb' / 'video_emb' are the ``text_features`` /
+        ``video_features`` of the batch ([B, D] both for two-tower heads)."""
         text_emb = self.text_features(input_ids, attention_mask)
         video_emb = self.video_features(video, video_mask)
-        logits = self.score(text_emb, video_emb, video_mask)
-        return {"text_emb": text_emb, "video_emb": video_emb, "logits": logits,
-                "loss": contrastive_loss(logits)}
+        if self.two_tower:
+            logits = self.score(text_emb, video_emb, video_mask)
+            loss = contrastive_loss(logits)
+        else:
+            logits, loss = self.pair_loss(text_emb, video_emb, video_mask, attention_mask)
+        return {"text_emb": text_emb, "video_emb": video_emb, "logits": logits, "loss": loss}
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -190,14 +190,31 @@ def test_released_text_tower_ramps_up_to_the_common_schedule():
     assert seen == pytest.approx([0, 0, 0, 0.25, 0.5, 0.75, 1, 1, 1])
 
 
-def test_warmup_then_cosine_schedule():
+def _schedule_lrs(total_steps, warmup_proportion, **kwargs):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = build_scheduler(opt, total_steps=100, warmup_proportion=0.1)
+    sched = build_scheduler(opt, total_steps=total_steps, warmup_proportion=warmup_proportion, **kwargs)
     lrs = []
-    for _ in range(100):
+    for _ in range(total_steps):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return lrs
+
+
+def test_warmup_then_cosine_schedule():
+    # The default is CLIP4Clip's BertAdam schedule (issue 24): step i at x = i / 100, x / 0.1 in
+    # the warmup (step 0 at lr 0, step 9 at 0.9, never 1), then 0.5 (1 + cos(pi x)) over the
+    # whole run. Before issue 24 this test pinned ours: 0.1 at step 0, 1.0 at step 9 and the
+    # cosine over the 90 steps after the warmup (now schedule_rule=continuous, below).
+    lrs = _schedule_lrs(100, 0.1)
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[9] == pytest.approx(0.9)
+    assert lrs[10] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.10)))
+    assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.55)))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
+
+
+def test_continuous_schedule_keeps_the_old_values():
+    lrs = _schedule_lrs(100, 0.1, rule="continuous")
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01

@@ -227,6 +227,12 @@ class VisionTransformer(nn.Module):
         x = self.transformer(self.embed(x, **context), **context)
         return self.ln_post(x[:, 0]) @ self.proj
 
+    def forward_tokens(self, x: torch.Tensor, **context) -> torch.Tensor:
+        """Images [N, 3, H, W] -> every output token [N, 1 + HW, output_dim] (index 0 = CLS, equal
+        to ``forward``), ``ln_post`` and ``proj`` applied to each (TS2-Net's token selection)."""
+        x = self.transformer(self.embed(x, **context), **context)
+        return self.ln_post(x) @ self.proj
+
 
 class CLIP(nn.Module):
     """OpenAI CLIP (ViT variants) with the released checkpoints' parameter names."""

@@ -34,8 +34,9 @@ class EncodedSplit:
     """Embeddings of a split. text_emb [Nt, D] and video_emb [Nv, D] are L2-normalised;
     text_video_index [Nt] gives each caption's video row.
 
-    For a cross-encoder (``video_mask`` set) they are the model's ``text_features`` [Nt, D]
-    (raw) and ``video_features``, the frame features [Nv, T, D], with video_mask [Nv, T]."""
+    For a pair head (``video_mask`` set: tightTransf, DRL, X-CLIP, TS2-Net) they are the model's
+    ``text_features`` and ``video_features`` (e.g. frame features [Nv, T, D]) with video_mask
+    [Nv, T]; heads that score words (``model.text_tokens``) also keep text_mask [Nt, L]."""
 
     text_emb: torch.Tensor
     video_emb: torch.Tensor
@@ -44,6 +45,10 @@ class EncodedSplit:
     video_ids: List[str]
     frame_weights: Optional[torch.Tensor] = None
     video_mask: Optional[torch.Tensor] = None
+    text_mask: Optional[torch.Tensor] = None
+    #: The scores are logits (a logit scale or a learned layer inside), not cosines: DSL then
+    #: softmaxes them at temperature 1 by default. Pair heads say which (``scores_are_logits``).
+    logit_scores: bool = False
 
     @property
     def cross(self) -> bool:
@@ -65,7 +70,7 @@ def encode_split(model, loader, device: torch.device, precision: str = "fp32",
     changes nothing but float rounding."""
     was_training = model.training
     model.eval()
-    texts, text_embs, video_ids, video_embs, index, weights, masks = [], [], [], [], [], [], []
+    texts, text_embs, video_ids, video_embs, index, weights, masks, text_masks = [], [], [], [], [], [], [], []
     row_of = {}
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         batch = _to(batch, device)
@@ -84,6 +89,7 @@ def encode_split(model, loader, device: torch.device, precision: str = "fp32",
                 masks.append(mask.cpu())
                 video_ids.extend(batch["video_id"][i] for i in new)
         text_embs.append(t.float().cpu())
+        text_masks.append(batch["attention_mask"].cpu())
         texts.extend(batch["text"])
         index.extend(row_of[vid] for vid in batch["video_id"])
     model.train(was_training)
@@ -91,14 +97,17 @@ def encode_split(model, loader, device: torch.device, precision: str = "fp32",
         raise ValueError("the evaluation split is empty")
     return EncodedSplit(torch.cat(text_embs), torch.cat(video_embs), torch.tensor(index),
                         texts, video_ids, torch.cat(weights) if weights else None,
-                        None if model.two_tower else torch.cat(masks))
+                        None if model.two_tower else torch.cat(masks),
+                        torch.cat(text_masks) if model.text_tokens else None, _logit_scores(model))
 
 
 @torch.no_grad()
 def encode_texts(model, texts: Sequence[str], tokenizer, max_words: int, batch_size: int, device,
-                 precision: str = "fp32", progress: bool = True, desc: str = "texts") -> torch.Tensor:
+                 precision: str = "fp32", progress: bool = True, desc: str = "texts",
+                 masks: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
     """``encoding.text_embeddings`` of every text, in batches, in eval mode -> float32 [N, D] on the
-    CPU (L2-normalised for two-tower models; a cross-encoder's raw features)."""
+    CPU (L2-normalised for two-tower models; a pair head's features). ``masks``: a list the
+    captions' attention masks [b, L] are appended to (what ``text_tokens`` heads score with)."""
     was_training = model.training
     model.eval()
     out = []
@@ -107,6 +116,8 @@ def encode_texts(model, texts: Sequence[str], tokenizer, max_words: int, batch_s
             ids, mask = tokenizer(list(texts[i:i + batch_size]), max_words=max_words)
             with autocast(device, precision):
                 out.append(text_embeddings(model, ids.to(device), mask.to(device)).float().cpu())
+            if masks is not None:
+                masks.append(mask.cpu())
     finally:
         model.train(was_training)
     if not out:
@@ -124,8 +135,9 @@ def encode_texts_and_videos(model, dataset, tokenizer, max_words: int, batch_siz
     from torch.utils.data import DataLoader
 
     texts, text_vids = list(dataset.texts), list(dataset.text_video_ids)
+    text_masks: List[torch.Tensor] = []
     text_emb = encode_texts(model, texts, tokenizer, max_words, batch_size, device, precision, progress,
-                            f"{desc} texts") if texts else None
+                            f"{desc} texts", masks=text_masks) if texts else None
     was_training = model.training
     model.eval()
     videos = dataset.video_dataset()
@@ -156,7 +168,8 @@ def encode_texts_and_videos(model, dataset, tokenizer, max_words: int, batch_siz
     return EncodedSplit(text_emb, torch.cat(video_embs),
                         torch.tensor([row_of[v] for v in text_vids]), texts, video_ids,
                         torch.cat(weights) if weights else None,
-                        None if model.two_tower else torch.cat(masks))
+                        None if model.two_tower else torch.cat(masks),
+                        torch.cat(text_masks) if model.text_tokens else None, _logit_scores(model))
 
 
 @torch.no_grad()
@@ -167,6 +180,7 @@ def similarity_matrix(enc: EncodedSplit, model=None, precision: str = "fp32",
     ranks). Cross-encoder: ``model.score`` on the model's device, in eval mode, under the
     evaluation precision, in passes of at most ``CROSS_PAIRS_PER_PASS`` pairs."""
     text = enc.text_emb if rows is None else enc.text_emb[rows]
+    text_mask = enc.text_mask if rows is None or enc.text_mask is None else enc.text_mask[rows]
     if not enc.cross:
         return text @ enc.video_emb.t()
     if model is None:
@@ -177,10 +191,15 @@ def similarity_matrix(enc: EncodedSplit, model=None, precision: str = "fp32",
     try:
         with autocast(device, precision):
             sim = model.score(text.to(device), enc.video_emb.to(device), enc.video_mask.to(device),
-                              text_chunk=max(1, CROSS_PAIRS_PER_PASS // max(len(enc.video_ids), 1)))
+                              text_chunk=max(1, CROSS_PAIRS_PER_PASS // max(len(enc.video_ids), 1)),
+                              text_mask=None if text_mask is None else text_mask.to(device))
     finally:
         model.train(was_training)
     return sim.float().cpu()
+
+
+def _logit_scores(model) -> bool:
+    return not model.two_tower and bool(getattr(model.head, "scores_are_logits", True))
 
 
 def one_to_one(enc: EncodedSplit) -> bool:
@@ -245,8 +264,9 @@ class Postprocess:
     methods: ``eval.postprocess`` names in order (``dsl``, ``qbnorm``, ``isoftmax``); empty = none.
     querybank_size / querybank_seed: training captions drawn for QB-Norm and IS (None = all).
     dsl_temperature: the multiplier inside DSL's softmax; None = ``postprocess.DSL_TEMPERATURE``
-        (100, CLIP's logit scale) on a two-tower model's cosines, 1 on a cross-encoder's logits
-        (the official code softmaxes the logit matrix at temperature 1 in both cases).
+        (100, CLIP's logit scale) on cosine scores (two-tower models, DRL), 1 on logits
+        (tightTransf, X-CLIP, TS2-Net; the official code softmaxes the logit matrix at
+        temperature 1 in both cases).
     qb_beta, qb_k: QB-Norm's / IS's inverse temperature and QB-Norm's activation-set top-k.
     """
 
@@ -316,9 +336,12 @@ def querybank_similarities(model, enc: EncodedSplit, texts: Sequence[str], token
                            batch_size: int, device, precision: str = "fp32", progress: bool = True) -> torch.Tensor:
     """[B bank texts, Nv] scores of the querybank against the split's videos, computed exactly
     as the split's own matrix (``similarity_matrix``: cosines, or the cross-encoder's logits)."""
-    emb = encode_texts(model, texts, tokenizer, max_words, batch_size, device, precision, progress, "querybank")
+    masks: List[torch.Tensor] = []
+    emb = encode_texts(model, texts, tokenizer, max_words, batch_size, device, precision, progress, "querybank",
+                       masks=masks)
     bank = dataclasses.replace(enc, text_emb=emb, texts=list(texts),
-                               text_video_index=torch.zeros(len(texts), dtype=torch.long))
+                               text_video_index=torch.zeros(len(texts), dtype=torch.long),
+                               text_mask=torch.cat(masks) if enc.text_mask is not None else None)
     return similarity_matrix(bank, model, precision)
 
 
@@ -366,7 +389,7 @@ def postprocessed_metrics(sim: torch.Tensor, enc: EncodedSplit, post: Postproces
         fn = POSTPROCESSORS[POSTPROCESS_METHODS[name]]
         try:
             if name == "dsl":
-                t = post.dsl_temperature or (1.0 if enc.cross else DSL_TEMPERATURE)
+                t = post.dsl_temperature or (1.0 if enc.logit_scores else DSL_TEMPERATURE)
                 t2v = rank_metrics(fn(sim, temperature=t), enc)["t2v"]
                 v2t = rank_metrics(fn(sim.T, temperature=t).T, enc)["v2t"]
                 out.metrics[name] = {"t2v": t2v, "v2t": v2t}

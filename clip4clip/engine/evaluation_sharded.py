@@ -63,7 +63,7 @@ def _encode_share(model, dataset, info: DistInfo, tokenizer, max_words, batch_si
     return {"rows": rows, "text_emb": enc.text_emb, "texts": enc.texts,
             "text_vids": [enc.video_ids[i] for i in enc.text_video_index.tolist()],
             "video_ids": enc.video_ids, "video_emb": enc.video_emb, "frame_weights": enc.frame_weights,
-            "video_mask": enc.video_mask}
+            "video_mask": enc.video_mask, "text_mask": enc.text_mask, "logit_scores": enc.logit_scores}
 
 
 def merge_shares(shares: List[Optional[dict]]) -> EncodedSplit:
@@ -72,8 +72,9 @@ def merge_shares(shares: List[Optional[dict]]) -> EncodedSplit:
     shares = [s for s in shares if s is not None]
     if not shares:
         raise ValueError("the evaluation split is empty")
-    texts = sorted((row, s["text_emb"][i], s["texts"][i], s["text_vids"][i])
-                   for s in shares for i, row in enumerate(s["rows"]))
+    texts = sorted(((row, s["text_emb"][i], s["texts"][i], s["text_vids"][i],
+                     None if s.get("text_mask") is None else s["text_mask"][i])
+                    for s in shares for i, row in enumerate(s["rows"])), key=lambda t: t[0])
     row_of, video_embs, weights, masks = {}, [], [], []
     for s in shares:  # rank order = the single process's video order
         for i, vid in enumerate(s["video_ids"]):
@@ -88,7 +89,9 @@ def merge_shares(shares: List[Optional[dict]]) -> EncodedSplit:
         text_emb=torch.stack([t[1] for t in texts]), video_emb=torch.stack(video_embs),
         text_video_index=torch.tensor([row_of[t[3]] for t in texts]), texts=[t[2] for t in texts],
         video_ids=list(row_of), frame_weights=torch.stack(weights) if weights else None,
-        video_mask=torch.stack(masks) if masks else None)
+        video_mask=torch.stack(masks) if masks else None,
+        text_mask=torch.stack([t[4] for t in texts]) if texts[0][4] is not None else None,
+        logit_scores=shares[0].get("logit_scores", False))
 
 
 def evaluate_distributed(model, dataset, info: DistInfo, tokenizer, max_words: int, batch_size: int,

@@ -1,4 +1,4 @@
-"""Optimiser parameter groups and the warmup-cosine learning-rate schedule."""
+"""Optimiser parameter groups and the warmup-cosine learning-rate schedule (CLIP4Clip's by default)."""
 from __future__ import annotations
 
 import math
@@ -80,8 +80,41 @@ def build_optimizer(model: nn.Module, lr: float, coef_lr: float = 1.0, weight_de
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **kwargs)
 
 
+#: ``optim.schedule_rule`` values: how the learning-rate multiplier follows the optimiser step.
+SCHEDULE_RULES = ("official", "continuous")
+
+
+def official_warmup_cosine(total_steps: int, warmup_proportion: float, min_ratio: float = 0.0):
+    """Multiplier for LambdaLR: CLIP4Clip's schedule, step for step.
+
+    CLIP4Clip trains with ``BertAdam(warmup=warmup_proportion, t_total=total_steps,
+    schedule='warmup_cosine')`` (its ``modules/optimization.py``, called from
+    ``main_task_retrieval.py``). BertAdam computes each update's lr from ``state['step']``
+    *before* incrementing it, so optimiser step ``i`` (0-based) runs at ``x = i / total_steps``:
+    ``x / warmup_proportion`` while ``x < warmup_proportion``, else ``0.5 * (1 + cos(pi * x))``.
+    Hence step 0 runs at lr 0; the warmup is a fraction of the run, not a rounded step count,
+    and never reaches 1 (its last step is just below ``warmup_proportion * total_steps``); the
+    cosine spans the whole run, not the steps after the warmup, so it starts at
+    ``0.5 * (1 + cos(pi * warmup_proportion))`` (0.976 at 0.1): a small drop from the end of a
+    long warmup; and with ``warmup_proportion = 0`` step 0 runs at the full lr.
+    ``min_ratio`` (not in CLIP4Clip; 0 reproduces it) lifts the cosine's floor:
+    ``min_ratio + (1 - min_ratio) * cosine``.
+    """
+    total = max(int(total_steps), 1)
+    warmup = float(warmup_proportion)
+
+    def fn(step: int) -> float:
+        x = step / total
+        if x < warmup:
+            return x / warmup
+        return min_ratio + (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(x, 1.0)))
+    return fn
+
+
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.0):
-    """Multiplier for LambdaLR: linear 0->1 over ``warmup_steps``, then cosine to ``min_ratio``."""
+    """Multiplier for LambdaLR (``schedule_rule=continuous``): linear over ``warmup_steps``
+    (step ``i`` at ``(i + 1) / warmup_steps``, so the last warmup step is at the full lr), then a
+    cosine from 1 to ``min_ratio`` over the remaining steps: continuous, no step at lr 0."""
     total_steps = max(int(total_steps), 1)
     warmup_steps = max(int(warmup_steps), 0)
 
@@ -92,6 +125,22 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.0):
         progress = min(progress, 1.0)
         return min_ratio + (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
     return fn
+
+
+def check_schedule_rule(rule) -> str:
+    """``rule`` when it names a schedule (``SCHEDULE_RULES``), else ValueError naming the key."""
+    if rule not in SCHEDULE_RULES:
+        raise ValueError(f"optim.schedule_rule={rule!r}; expected one of {', '.join(SCHEDULE_RULES)}")
+    return rule
+
+
+def schedule_fn(total_steps: int, warmup_proportion: float = 0.1, min_ratio: float = 0.0,
+                rule: str = "official"):
+    """The multiplier of ``rule`` (``SCHEDULE_RULES``): ``official_warmup_cosine`` (CLIP4Clip's
+    BertAdam) or ``warmup_cosine`` over ``round(total_steps * warmup_proportion)`` warmup steps."""
+    if check_schedule_rule(rule) == "official":
+        return official_warmup_cosine(total_steps, warmup_proportion, min_ratio)
+    return warmup_cosine(total_steps, int(round(total_steps * warmup_proportion)), min_ratio)
 
 
 def held(fn, hold_steps: int, ramp_steps: int = 0):
@@ -112,12 +161,13 @@ def held_groups(optimizer: torch.optim.Optimizer, step: int) -> List[dict]:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_proportion: float = 0.1,
-                    min_ratio: float = 0.0, release_ramp_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warmup-cosine for every group; groups with ``hold_steps`` (the held text tower) stay at 0
-    until then and rejoin the common schedule where it is at that step, through a linear ramp of
-    ``release_ramp_steps`` steps (0: at once)."""
-    warmup = int(round(total_steps * warmup_proportion))
-    fn = warmup_cosine(total_steps, warmup, min_ratio)
+                    min_ratio: float = 0.0, release_ramp_steps: int = 0,
+                    rule: str = "official") -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup-cosine for every group (``rule``: see ``schedule_fn``; the scheduler is stepped
+    once after every optimiser step, so step ``i`` runs at multiplier ``fn(i)``); groups with
+    ``hold_steps`` (the held text tower) stay at 0 until then and rejoin the common schedule
+    where it is at that step, through a linear ramp of ``release_ramp_steps`` steps (0: at once)."""
+    fn = schedule_fn(total_steps, warmup_proportion, min_ratio, rule)
     holds = [int(g.get("hold_steps", 0)) for g in optimizer.param_groups]
     if not any(holds):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

@@ -6,7 +6,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from ..loss import ClipLoss, contrastive_loss
+from ..loss import ClipLoss
 from ..model import MAX_LOGIT_SCALE
 from .distributed import all_reduce_mean
 from .gradcache import backward_chunks, encode_chunks, split_batch
@@ -44,8 +44,8 @@ class ContrastiveStep:
     (detached float32 scalar, the same on every rank). ``check(loss)`` runs before any backward,
     so a non-finite loss can stop the run on every rank before gradients are touched.
 
-    A cross-encoder head (tightTransf) scores the batch's pairs itself: its loss is the model's
-    own (one process only). With the gradient cache its step 2 runs the head on the cached text
+    A pair head (tightTransf, DRL, X-CLIP, TS2-Net) scores the batch's pairs itself: its loss is
+    the model's own (one process only). With the gradient cache its step 2 runs the head on the cached text
     and frame features, so the head's gradients come from there.
     """
 
@@ -102,8 +102,7 @@ class ContrastiveStep:
             # now, the encoders theirs through the cached feature gradients below. (Its dropout
             # draws other random numbers than in the plain step, which runs it after the encoders.)
             with self._autocast():
-                logits = self.core.score(text, video, batch["video_mask"])
-            loss = contrastive_loss(logits)
+                _, loss = self.core.pair_loss(text, video, batch["video_mask"], batch["attention_mask"])
         else:
             scale = logit_scale(self.core).detach().requires_grad_(True)
             loss = self.loss_fn(text, video, scale)

@@ -31,7 +31,7 @@ from .evaluation import Postprocess, draw_querybank
 from .distributed import (DistInfo, all_gather_with_grad, barrier, broadcast_object, broadcast_parameters,
                           init_distributed, main_process_first, shutdown, wrap_ddp)
 from ..core.cpu_memory import keep_freed_memory
-from .optim import build_optimizer, build_scheduler, pretrained_names
+from .optim import build_optimizer, build_scheduler, check_schedule_rule, pretrained_names
 from .precision import grad_scaler, resolve_device, resolve_precision
 from .sampler import EpochSampler
 from .tensorboard import Logger
@@ -106,6 +106,7 @@ def run_training(cfg) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     tr = config["trainer"]
     check_counts(config)
     positive_number(config["optim"]["lr"], "optim.lr")
+    check_schedule_rule(config["optim"]["schedule_rule"])
     flag(tr["keep_freed_memory"], "trainer.keep_freed_memory")
     device = resolve_device(tr["device"])
     info, device = init_distributed(device, tr["dist_backend"])
@@ -234,7 +235,8 @@ def _model(config: dict, train_ds, resume_ckpt: Optional[dict], info: DistInfo):
 
 
 def _optimisation(model, opt: dict, total_steps: int, device: torch.device):
-    """CLIP4Clip's AdamW (pretrained weights at lr * coef_lr) and its warmup-cosine schedule."""
+    """CLIP4Clip's AdamW (pretrained weights at lr * coef_lr) and its warmup-cosine schedule
+    (``optim.schedule_rule``: CLIP4Clip's own, step for step, or ours)."""
     optimizer = build_optimizer(model, lr=float(opt["lr"]), coef_lr=float(opt["coef_lr"]),
                                 pretrained=pretrained_names(model),
                                 weight_decay=float(opt["weight_decay"]), betas=opt["betas"],
@@ -242,7 +244,8 @@ def _optimisation(model, opt: dict, total_steps: int, device: torch.device):
                                 hold_text_steps=int(opt["hold_text_steps"] or 0))
     scheduler = build_scheduler(optimizer, total_steps, float(opt["warmup_proportion"]),
                                 float(opt["min_lr_ratio"]),
-                                release_ramp_steps=int(opt["hold_text_ramp_steps"] or 0))
+                                release_ramp_steps=int(opt["hold_text_ramp_steps"] or 0),
+                                rule=opt["schedule_rule"])
     return optimizer, scheduler
 
 

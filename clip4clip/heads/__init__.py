@@ -1,17 +1,20 @@
 """Heads on top of CLIP's frame features. Temporal heads pool frames [B, T, D] + mask [B, T]
-into a video embedding [B, D] (two-tower); tightTransf instead scores (text, video) pairs with a
-cross transformer (not two-tower)."""
+into a video embedding [B, D] (two-tower); pair heads (``PairHead``) score (text, video) pairs
+instead: tightTransf's cross transformer and the token-interaction methods (DRL, ...)."""
 import inspect
 from typing import Dict, Type
 
-from .base import Head, TemporalHead, l2_normalize, masked_mean, mean_pool_normalized
+from .base import Head, PairHead, TemporalHead, l2_normalize, masked_mean, mean_pool_normalized
+from .drl import DRL
 from .frameweight import FrameWeight
 from .meanp import MeanPooling
 from .seqlstm import SeqLSTM
 from .seqtransf import SeqTransf
 from .tighttransf import TightTransf
 
-HEADS: Dict[str, Type[Head]] = {cls.name: cls for cls in (MeanPooling, SeqLSTM, SeqTransf, FrameWeight,
+# Order matters to the official-checkpoint loader, which takes the first head whose keys it finds:
+# the successors (which carry seqTransf's keys beside their own) before seqTransf.
+HEADS: Dict[str, Type[Head]] = {cls.name: cls for cls in (DRL, MeanPooling, SeqLSTM, SeqTransf, FrameWeight,
                                                            TightTransf)}
 #: The head of a model whose config or checkpoint names none (CLIP4Clip's meanP: zero-shot CLIP).
 DEFAULT_HEAD = "meanP"
@@ -20,8 +23,8 @@ TEMPORAL_HEADS: Dict[str, Type[TemporalHead]] = {n: c for n, c in HEADS.items() 
 
 
 def build_head(name: str, width: int, **kwargs) -> Head:
-    """Build a head by its CLIP4Clip name ('meanP', 'seqLSTM', 'seqTransf', 'frameweight',
-    'tightTransf')."""
+    """Build a head by its name ('meanP', 'seqLSTM', 'seqTransf', 'frameweight', 'tightTransf',
+    'drl', ...: the keys of ``HEADS``)."""
     if name not in HEADS:
         raise ValueError(f"unknown head '{name}'; expected one of {sorted(HEADS)}")
     cls = HEADS[name]
@@ -32,5 +35,5 @@ def build_head(name: str, width: int, **kwargs) -> Head:
     return cls(width=width, **kwargs)
 
 
-__all__ = ["DEFAULT_HEAD", "HEADS", "TEMPORAL_HEADS", "build_head", "Head", "TemporalHead", "MeanPooling", "SeqLSTM",
+__all__ = ["DEFAULT_HEAD", "DRL", "HEADS", "TEMPORAL_HEADS", "build_head", "Head", "PairHead", "TemporalHead", "MeanPooling", "SeqLSTM",
            "SeqTransf", "FrameWeight", "TightTransf", "l2_normalize", "masked_mean", "mean_pool_normalized"]

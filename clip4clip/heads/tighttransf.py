@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..clip.layers import QuickGELU, Transformer, default_heads, key_padding_mask
-from .base import Head, copy_text_blocks, official_block, official_layer_norm
+from .base import PairHead, copy_text_blocks, official_block, official_layer_norm
 
 # modules/cross-base/cross_config.json. The head count is not stored in the weights, so an
 # official checkpoint is always read with the 8 heads it was trained with.
@@ -86,7 +86,7 @@ class CrossEncoder(nn.Module):
         return self.pooler(x)
 
 
-class TightTransf(Head):
+class TightTransf(PairHead):
     """Args:
         width: feature width D (CLIP's embed_dim; 512 for ViT-B, as upstream's cross config).
         num_layers: cross transformer blocks (upstream ``cross_num_hidden_layers``, default 4).
@@ -98,7 +98,6 @@ class TightTransf(Head):
 
     name = "tightTransf"
     official_prefixes = ("cross.", "similarity_dense.")
-    two_tower = False
 
     def __init__(self, width: int, num_layers: int = 4, heads: Optional[int] = None,
                  num_positions: int = 77, dropout: float = 0.1, activation: str = "quick_gelu"):
@@ -134,29 +133,20 @@ class TightTransf(Head):
         mask = torch.cat([frame_mask.new_ones(n, 1), frame_mask], dim=1)              # [N, 1 + T]
         return self.similarity_dense(self.cross(sequence, mask)).squeeze(-1)
 
-    def forward(self, text: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor,
-                text_chunk: Optional[int] = None) -> torch.Tensor:
-        """Every text against every video: text [Bt, D] (projected EOT features, not normalised),
-        frames [Bv, T, D] (per-frame CLIP features, not normalised), frame_mask [Bv, T]
-        (1 = real frame) -> logits [Bt, Bv], rows are texts.
-
-        ``text_chunk``: texts scored per pass (None = all), bounding memory to
-        text_chunk * Bv sequences; the result does not depend on it."""
+    def pair_scores(self, text: torch.Tensor, text_mask: Optional[torch.Tensor], frames: torch.Tensor,
+                    frame_mask: torch.Tensor, logit_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """A chunk of texts against every video: text [c, D] (projected EOT features, not
+        normalised), frames [Bv, T, D] (per-frame CLIP features, not normalised), frame_mask
+        [Bv, T] (1 = real frame) -> logits [c, Bv]. No logit scale (upstream has none here)."""
         if frames.ndim != 3 or frame_mask.shape != frames.shape[:2] or text.ndim != 2:
             raise ValueError(f"tightTransf takes text [Bt, D], frames [Bv, T, D], mask [Bv, T]; got "
                              f"{tuple(text.shape)}, {tuple(frames.shape)}, {tuple(frame_mask.shape)}")
-        bt, bv = text.shape[0], frames.shape[0]
-        step = bt if not text_chunk else max(1, int(text_chunk))
-        rows = []
-        for start in range(0, bt, step):
-            chunk = text[start:start + step]
-            c = chunk.shape[0]
-            # Pair p = i * Bv + j holds text i and video j (upstream's repeat order).
-            pair_text = chunk.repeat_interleave(bv, dim=0)
-            pair_frames = frames.unsqueeze(0).expand(c, -1, -1, -1).reshape(c * bv, *frames.shape[1:])
-            pair_mask = frame_mask.repeat(c, 1)
-            rows.append(self.pair_logits(pair_text, pair_frames, pair_mask).view(c, bv))
-        return torch.cat(rows) if rows else text.new_zeros(0, bv)
+        c, bv = text.shape[0], frames.shape[0]
+        # Pair p = i * Bv + j holds text i and video j (upstream's repeat order).
+        pair_text = text.repeat_interleave(bv, dim=0)
+        pair_frames = frames.unsqueeze(0).expand(c, -1, -1, -1).reshape(c * bv, *frames.shape[1:])
+        pair_mask = frame_mask.repeat(c, 1)
+        return self.pair_logits(pair_text, pair_frames, pair_mask).view(c, bv)
 
     # ------------------------------------------------------------------ weights
     @property

@@ -19,18 +19,24 @@ from .clip_state import NON_PARAMETER_KEYS, clip_from_state_dict
 from .files import check_state_fits, load_state_checked, read_torch_file, state_shapes
 
 def detect_official_head(non_clip_sd: Mapping[str, torch.Tensor]) -> str:
-    """Which CLIP4Clip head wrote these non-CLIP keys (the default head when there are none)."""
+    """Which head wrote these non-CLIP keys: the first in ``HEADS`` whose markers
+    (``official_markers``, else ``official_prefixes``) it finds; the default head when none.
+    A DRL ``ti``/``dp`` checkpoint has no keys of its own (it is key for key a CLIP4Clip
+    seqTransf/meanP one), so it is read as that unless the head is named."""
     for name, head_cls in HEADS.items():
-        if head_cls.official_prefixes and any(k.startswith(head_cls.official_prefixes) for k in non_clip_sd):
+        markers = head_cls.official_markers or head_cls.official_prefixes
+        if markers and any(k.startswith(markers) for k in non_clip_sd):
             return name
     return DEFAULT_HEAD
 
 
 def load_official_checkpoint(path: Union[str, os.PathLike, Mapping], where: Optional[str] = None,
-                             **head_kwargs) -> CLIP4Clip:
-    """A CLIP4Clip model from an official checkpoint file (or its state dict). The head is
-    detected from the keys: ``transformerClip.*`` -> seqTransf, ``lstm_visual.*`` -> seqLSTM,
-    ``cross.*`` / ``similarity_dense.*`` -> tightTransf, none -> meanP. Every key must be used."""
+                             head: Optional[str] = None, **head_kwargs) -> CLIP4Clip:
+    """A model from a checkpoint of the official CLIP4Clip, DRL, X-CLIP or TS2-Net trainer (or
+    its state dict). The head is detected from the keys (``detect_official_head``:
+    ``text_weight_fc.*`` -> drl, ``transformerClip.*`` -> seqTransf, ``lstm_visual.*`` ->
+    seqLSTM, ``cross.*`` / ``similarity_dense.*`` -> tightTransf, none -> meanP) unless ``head``
+    names it; ``head_kwargs`` override what is read off the keys. Every key must be used."""
     sd = path if isinstance(path, Mapping) else _read(path)
     where = where or ("checkpoint" if isinstance(path, Mapping) else str(path))
     odd = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
@@ -43,7 +49,10 @@ def load_official_checkpoint(path: Union[str, os.PathLike, Mapping], where: Opti
     if not clip_sd:
         raise ValueError(f"{where} has no 'clip.*' keys: not an official CLIP4Clip checkpoint "
                          f"(first keys: {sorted(sd)[:5]})")
-    head_name = detect_official_head(rest)
+    if head is not None and head not in HEADS:
+        raise ValueError(f"head={head!r}; expected one of {sorted(HEADS)}")
+    head_name = head or detect_official_head(rest)
+    clip_sd = HEADS[head_name].convert_official_clip(clip_sd)
     kwargs = {**_official_kwargs(head_name, rest, where), **head_kwargs}
     try:
         clip = clip_from_state_dict(clip_sd)

@@ -47,11 +47,13 @@ __all__ = [
     "VideoTruncatedWarning",
     "VideoMetadataWarning",
     "check_readable",
+    "check_window",
     "open_video",
     "probe_video",
     "read_frames",
     "sample_frame_indices",
     "sample_video",
+    "window_end_frame",
 ]
 
 #: fps assumed when the container reports none, NaN or an absurd value.
@@ -132,6 +134,7 @@ def sample_frame_indices(
     slice_framepos: str = "uniform",
     *,
     rule: str = "exact",
+    window: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Indices of the frames to keep, in increasing order (int64 array of length <= max_frames).
 
@@ -148,6 +151,13 @@ def sample_frame_indices(
     (``np.linspace(..., dtype=int)``), which can pick a candidate one earlier. ``fps`` must then
     be a whole number of frames per second no larger than ``int(video_fps)`` (CLIP4Clip's
     ``--feature_framerate`` is an int, and its extractor asserts the rest).
+
+    ``window=(first, last)``: only the candidates of seconds ``first`` .. ``last`` (whole
+    seconds, both included) are kept, before the cut to ``max_frames``; None: the whole video.
+    Under the official rule these are the frames CLIP4Clip's extractor reads when given
+    ``start_time=first, end_time=last`` (seconds ``first`` .. ``min(last, duration)``, each
+    second ``sec`` starting at frame ``sec * int(video_fps)``; its DiDeMo loader passes 0 and 31);
+    under the exact rule, the sample times ``j / fps`` in ``[first, last + 1)``.
 
     ``max_frames=None`` keeps every candidate.
 
@@ -166,17 +176,25 @@ def sample_frame_indices(
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
     if slice_framepos not in SLICE_FRAMEPOS:
         raise ValueError(f"slice_framepos must be one of {SLICE_FRAMEPOS}, got {slice_framepos!r}")
+    window = check_window(window)
     if num_frames == 0:
         return np.zeros(0, dtype=np.int64)
     if rule == "official":
+        cand = _official_candidates(int(num_frames), video_fps, fps)
+        if window is not None:
+            sec = cand // int(video_fps)  # the second whose frames CLIP4Clip reads this one for
+            cand = cand[(sec >= window[0]) & (sec <= window[1])]
         # CLIP4Clip's uniform cut truncates the linspace positions (np.linspace(dtype=int)).
-        return _cut(_official_candidates(int(num_frames), video_fps, fps), max_frames, slice_framepos, np.floor)
+        return _cut(cand, max_frames, slice_framepos, np.floor)
 
     step = video_fps / fps  # frames between two sample times
     num_times = int(math.ceil(num_frames / step))  # sample times j/fps with j*step < num_frames
+    times = np.arange(num_times, dtype=np.float64)
+    if window is not None:  # sample times j / fps in [first, last + 1)
+        times = times[(times >= window[0] * fps - 1e-9) & (times < (window[1] + 1) * fps - 1e-9)]
     # The small epsilon keeps an exact integer product (e.g. 3 * 10.0) from rounding up to the
     # next frame because of float error.
-    cand = np.ceil(np.arange(num_times, dtype=np.float64) * step - 1e-6).astype(np.int64)
+    cand = np.ceil(times * step - 1e-6).astype(np.int64)
     cand = cand[cand < num_frames]
     cand = np.unique(cand)  # fps > video_fps maps several times onto one frame
     return _cut(cand, max_frames, slice_framepos, np.round)
@@ -192,6 +210,28 @@ def _cut(cand: np.ndarray, max_frames: int | None, slice_framepos: str, to_int) 
     if slice_framepos == "tail":
         return cand[-max_frames:]
     return cand[to_int(np.linspace(0, len(cand) - 1, num=max_frames)).astype(np.int64)]
+
+
+def check_window(window) -> tuple[int, int] | None:
+    """``window`` as ``(first, last)`` whole seconds (0 <= first <= last), or None; ValueError
+    naming it otherwise (CLIP4Clip's extractor takes int start/end times too)."""
+    if window is None:
+        return None
+    if (not isinstance(window, (list, tuple)) or len(window) != 2
+            or not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in window)
+            or not 0 <= window[0] <= window[1]):
+        raise ValueError(f"window_seconds={window!r}; expected [first, last]: whole seconds, "
+                         "0 <= first <= last (both included), or null for the whole video")
+    return int(window[0]), int(window[1])
+
+
+def window_end_frame(window: Sequence[int], video_fps: float, rule: str) -> int:
+    """A frame number at or past which no candidate of ``window`` lies (its last second ends
+    there): a video with at least that many frames has every candidate of the window."""
+    last = int(window[1]) + 1
+    if rule == "official":
+        return last * int(video_fps)
+    return int(math.ceil(last * video_fps)) + 1  # ceil(j * step) can reach ceil(last * video_fps)
 
 
 def _official_candidates(num_frames: int, video_fps: float, fps: float) -> np.ndarray:
@@ -458,9 +498,13 @@ def sample_video(
     max_frames: int | None = DEFAULT_MAX_FRAMES,
     slice_framepos: str = "uniform",
     rule: str = "exact",
+    window: Sequence[int] | None = None,
 ) -> SampledVideo:
-    """Sample frames (see ``sample_frame_indices``, ``rule`` included) in one grab/retrieve pass;
-    see ``read_frames`` for the robustness rules. Frames are in increasing time."""
+    """Sample frames (see ``sample_frame_indices``, ``rule`` and ``window`` included) in one
+    grab/retrieve pass; see ``read_frames`` for the robustness rules. Frames are in increasing
+    time. With a ``window`` that the video covers, no frame after the window's last candidate
+    is decoded. Raises VideoReadError when the window holds no frame of the video."""
+    window = check_window(window)
     cap, video_fps, count, spath = open_video(path)
     try:
         reported = cap.get(cv2.CAP_PROP_FRAME_COUNT)
@@ -473,7 +517,10 @@ def sample_video(
             )
             if count == 0:
                 raise VideoReadError(spath, "no decodable frames")
-        idx = sample_frame_indices(count, video_fps, fps, max_frames, slice_framepos, rule=rule)
+        idx = sample_frame_indices(count, video_fps, fps, max_frames, slice_framepos, rule=rule, window=window)
+        if window is not None and len(idx) == 0:
+            raise VideoReadError(spath, f"no frame in window_seconds={list(window)} (the video has {count} frames "
+                                 f"at {video_fps:g} fps)")
         frames = None
         plan = _seek_plan(spath, idx, count)
         if plan is not None:
@@ -486,23 +533,27 @@ def sample_video(
             decoded = None  # the packet scan counted the frames: the metadata is confirmed
         else:
             # (Short clips never scan, and reuse the capture opened above: one open per video.)
-            # The selection depends on the total count unless it is ``head`` and already full;
-            # only then is checking that the file really ends at ``count`` skipped (checking can
-            # cost a decode of the rest of the file; for uniform/tail under one sampling interval).
+            # The selection depends on the total count unless it is ``head`` and already full,
+            # or a window that ends inside the video; only then is checking that the file really
+            # ends at ``count`` skipped (checking can cost a decode of the rest of the file; for
+            # uniform/tail under one sampling interval). A shorter file than reported still shows:
+            # the pass stops before the last wanted frame.
             full_head = slice_framepos == "head" and max_frames is not None and len(idx) == max_frames
-            frames, decoded = _decode_selected(cap, idx, None if full_head else count)
+            inside = window is not None and count >= window_end_frame(window, video_fps, rule)
+            frames, decoded = _decode_selected(cap, idx, None if full_head or inside else count)
     finally:
         cap.release()
 
     if decoded is not None and decoded != count:
         frames, idx, count = _resample_decoded(spath, frames, decoded, count, video_fps, fps, max_frames,
-                                               slice_framepos, rule)
+                                               slice_framepos, rule, window)
     out = np.ascontiguousarray(np.stack([frames[int(i)] for i in idx]))
     return SampledVideo(out, idx, video_fps, int(count))
 
 
 def _resample_decoded(spath: str, frames: dict, decoded: int, count: int, video_fps: float, fps: float,
-                      max_frames: int | None, slice_framepos: str, rule: str) -> tuple[dict, np.ndarray, int]:
+                      max_frames: int | None, slice_framepos: str, rule: str,
+                      window: tuple[int, int] | None = None) -> tuple[dict, np.ndarray, int]:
     """The container's frame count was wrong (``decoded`` frames really decode): sample again from
     the decoded count, decoding a second time only if the new indices need frames not kept.
     -> (frames by index, indices, count)."""
@@ -516,7 +567,9 @@ def _resample_decoded(spath: str, frames: dict, decoded: int, count: int, video_
             stacklevel=3,
         )
     count = decoded
-    idx = sample_frame_indices(decoded, video_fps, fps, max_frames, slice_framepos, rule=rule)
+    idx = sample_frame_indices(decoded, video_fps, fps, max_frames, slice_framepos, rule=rule, window=window)
+    if window is not None and len(idx) == 0:
+        raise VideoReadError(spath, f"no frame in window_seconds={list(window)} (only {decoded} frames decode)")
     if not all(int(i) in frames for i in idx):
         cap = _open_checked(spath)
         try:
@@ -536,13 +589,14 @@ def read_frames(
     frame_order: str = "normal",
     rng: np.random.Generator | None = None,
     rule: str = "exact",
+    window: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sample frames from a video file.
 
     Returns ``(frames, timestamps)``: frames uint8 [T, H, W, 3] RGB, timestamps float64 [T] in
     seconds (frame index / fps), T <= max_frames, in ``frame_order``: ``normal`` (increasing
     time), ``reverse`` or ``random`` (a permutation drawn from ``rng``; a fresh generator when
-    None). Sampling: see ``sample_frame_indices``.
+    None). Sampling: see ``sample_frame_indices`` (``rule``, ``window``).
 
     Robustness: unusable fps metadata -> ``ASSUMED_FPS``. If fewer frames decode than the
     container reports (a truncated or damaged file), the frames are re-sampled from the decoded
@@ -552,7 +606,7 @@ def read_frames(
     """
     if frame_order not in FRAME_ORDERS:
         raise ValueError(f"frame_order must be one of {FRAME_ORDERS}, got {frame_order!r}")
-    sampled = sample_video(path, fps, max_frames, slice_framepos, rule)
+    sampled = sample_video(path, fps, max_frames, slice_framepos, rule, window)
     out, times = sampled.frames, sampled.timestamps
     if frame_order == "reverse":
         out, times = out[::-1], times[::-1]
