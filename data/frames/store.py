@@ -201,8 +201,9 @@ class FrameStore:
         have = self.params.get("keyframes", {})
         want = keyframes.relevant()
         # Both ways: a field the cache recorded and the dataset leaves at its default (e.g. the
-        # official frame rule) is a difference too. An absent rule means the exact rule.
-        default = {"rule": "exact"}
+        # official frame rule) is a difference too. An absent rule means the exact rule, an
+        # absent window the whole video (a cache of another window is refused, never reused).
+        default = {"rule": "exact", "window": None}
         keys = dict.fromkeys([*want, *have])
         diffs = [f"{k}: cache has {have.get(k, default.get(k))!r}, dataset wants {want.get(k, default.get(k))!r}"
                  for k in keys if have.get(k, default.get(k)) != want.get(k, default.get(k))]

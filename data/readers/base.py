@@ -183,7 +183,7 @@ class VideoTextDataset(Dataset):
     Args (subclasses take the same keywords):
         root: dataset folder. split: "train", "val" or "test".
         sampling: the frame sampling (``data.video.keyframes.KeyframeParams``: scheme, max_frames,
-            fps, slice_framepos, maxdiff step/blur), e.g. ``KeyframeParams.from_config(cfg, split)``;
+            fps, slice_framepos, frame rule, window, maxdiff step/blur), e.g. ``KeyframeParams.from_config(cfg, split)``;
             None = its defaults. Any of its fields may also be given by keyword on top
             (``fps=``, ``max_frames=``, ``slice_framepos=``, ``keyframes=`` for the scheme,
             ``maxdiff_step=``, ``maxdiff_blur=``).

@@ -11,8 +11,11 @@ Files under ``root``::
     videos/<file name from the list>              in any subfolder (one walk of the folder)
 
 As in CLIP4Clip (``dataloader_didemo_retrieval.py``), every description of a video is joined,
-in record order and separated by a space, into one paragraph; the whole video is the clip (the
-official loader reads seconds 0..31 of it, the length DiDeMo videos were annotated to). Items:
+in record order and separated by a space, into one paragraph; the video is the clip. The
+official loader reads seconds 0..31 of it only (``start=0, end=31`` given to its extractor: the
+annotations cover the first 30 s); ``configs/dataset/didemo.yaml`` does the same under the
+official frame rule (``window_seconds``, applied by the frame sampling, ``data.KeyframeParams``)
+and reads the whole video under the exact rule. Items:
 one per video in list order, for every split. ``moments`` keeps each description with its
 ``times`` for segment evaluation: DiDeMo times are [start, end] indices of 5-second segments
 (0..5), one pair per annotator.

@@ -5,7 +5,8 @@ second of video (with ``fps=1`` the first frame of every second), and when there
 candidates than ``max_frames`` they are cut down to the first (``head``), last (``tail``) or an
 evenly spread (``uniform``) subset. ``sample_frame_indices(rule="official")`` reproduces the
 official code's integer arithmetic instead (int fps, truncated linspace), which differs for
-fractional frame rates such as 29.97.
+fractional frame rates such as 29.97. A ``window`` of seconds restricts the candidates to
+part of the video (CLIP4Clip's DiDeMo loader reads seconds 0..31 only).
 
 Decoding is one sequential pass: ``grab()`` for every frame (it advances the demuxer/decoder but
 skips the colour conversion and the copy into a numpy array) and ``retrieve()`` only for the
@@ -214,10 +215,11 @@ def _cut(cand: np.ndarray, max_frames: int | None, slice_framepos: str, to_int) 
 
 def check_window(window) -> tuple[int, int] | None:
     """``window`` as ``(first, last)`` whole seconds (0 <= first <= last), or None; ValueError
-    naming it otherwise (CLIP4Clip's extractor takes int start/end times too)."""
+    naming it otherwise (CLIP4Clip's extractor takes int start/end times too). Any sequence of
+    two (an OmegaConf list too) is accepted."""
     if window is None:
         return None
-    if (not isinstance(window, (list, tuple)) or len(window) != 2
+    if (not isinstance(window, Sequence) or isinstance(window, (str, bytes)) or len(window) != 2
             or not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in window)
             or not 0 <= window[0] <= window[1]):
         raise ValueError(f"window_seconds={window!r}; expected [first, last]: whole seconds, "

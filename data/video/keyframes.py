@@ -4,7 +4,8 @@ Two schemes, compared in the thesis:
 
 ``uniform``
     CLIP4Clip's sampling (``data.video.decode.sample_video``): candidates at ``fps`` frames per second
-    of video, cut down to ``max_frames`` by ``slice_framepos``. Only the kept frames are
+    of video (of the seconds in ``window`` when one is set, as CLIP4Clip's DiDeMo loader reads
+    seconds 0..31 only), cut down to ``max_frames`` by ``slice_framepos``. Only the kept frames are
     converted to RGB; the others are merely grabbed.
 
 ``maxdiff``
@@ -28,6 +29,7 @@ import heapq
 import math
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import cv2
@@ -39,14 +41,31 @@ from .decode import (
     SLICE_FRAMEPOS,
     VideoReadError,
     VideoTruncatedWarning,
+    check_window,
     open_video,
     sample_video,
 )
 
-__all__ = ["SCHEMES", "KeyframeParams", "Keyframes", "diff_score_image", "select_keyframes", "top_k_in_order"]
+__all__ = ["SCHEMES", "KeyframeParams", "Keyframes", "diff_score_image", "select_keyframes", "top_k_in_order",
+           "window_for_rule"]
 
 SCHEMES = ("uniform", "maxdiff")
 _DEFAULTS = video_defaults()
+
+
+def window_for_rule(value, rule: str) -> tuple[int, int] | None:
+    """The window (``(first, last)`` seconds, both included) that ``dataset.window_seconds``
+    gives frame rule ``rule``: null: the whole video; ``[first, last]``: that window under every
+    rule; a mapping frame rule -> ``[first, last]`` or null: the entry of ``rule`` (a rule it
+    does not name: the whole video). DiDeMo's config maps ``official`` to CLIP4Clip's ``[0, 31]``
+    and ``exact`` to null."""
+    if isinstance(value, Mapping):
+        unknown = sorted(str(k) for k in value if k not in FRAME_RULES)
+        if unknown:
+            raise ValueError(f"window_seconds names frame rule(s) {unknown}; expected some of {FRAME_RULES} "
+                             "(each mapped to [first, last] or null)")
+        value = value.get(rule)
+    return check_window(value)
 
 
 @dataclass(frozen=True)
@@ -56,7 +75,10 @@ class KeyframeParams:
     scheme: "uniform" or "maxdiff". max_frames: frames kept (>= 1).
     uniform only: fps (candidates per second of video), slice_framepos (head/tail/uniform),
     rule: "exact" (time-based) or "official" (CLIP4Clip's frame indices, which every published
-    table used; ``data.video.decode.sample_frame_indices``).
+    table used; ``data.video.decode.sample_frame_indices``). window: ``(first, last)`` whole
+    seconds, both included: only the candidates of those seconds (CLIP4Clip's DiDeMo loader
+    reads seconds 0..31), or None: the whole video (``from_config`` picks it for the rule from
+    ``dataset.window_seconds``: ``window_for_rule``).
     maxdiff only: step (evaluate every step-th frame, >= 1), blur (odd Gaussian kernel side in
     pixels of the source frame; 0 or 1 = no blur).
     """
@@ -69,10 +91,15 @@ class KeyframeParams:
     step: int = _DEFAULTS["maxdiff"]["step"]
     blur: int = _DEFAULTS["maxdiff"]["blur"]
     rule: str = _DEFAULTS["frame_rule"]
+    window: tuple[int, int] | None = window_for_rule(_DEFAULTS["window_seconds"], _DEFAULTS["frame_rule"])
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise ValueError(f"keyframes={self.scheme!r}; expected one of {SCHEMES}")
+        object.__setattr__(self, "window", check_window(self.window))  # a list becomes a tuple
+        if self.window is not None and self.scheme != "uniform":
+            raise ValueError(f"window_seconds={list(self.window)} with keyframes={self.scheme}: a window applies to "
+                             "the uniform keyframes only (maxdiff scores the whole video)")
         if not isinstance(self.max_frames, int) or self.max_frames < 1:
             raise ValueError(f"max_frames must be a positive int, got {self.max_frames!r}")
         if not (self.fps > 0 and math.isfinite(self.fps)):
@@ -92,7 +119,8 @@ class KeyframeParams:
 
     #: Dataset-config / keyword names -> field names (``keyframes`` is the scheme; the maxdiff
     #: options live under ``maxdiff`` in the config).
-    ALIASES = {"keyframes": "scheme", "maxdiff_step": "step", "maxdiff_blur": "blur", "frame_rule": "rule"}
+    ALIASES = {"keyframes": "scheme", "maxdiff_step": "step", "maxdiff_blur": "blur", "frame_rule": "rule",
+               "window_seconds": "window"}
 
     @classmethod
     def build(cls, base: "KeyframeParams | None" = None, **fields) -> "KeyframeParams":
@@ -112,22 +140,29 @@ class KeyframeParams:
         """The sampling of ``split`` from a ``dataset`` config (plain mapping or OmegaConf): the one
         place config values become frame sampling, for datasets, extraction and search alike.
         ``keyframes`` is the train scheme, ``eval_keyframes`` that of val/test (two values, so a
-        train x test comparison is one sweep); keys that are absent take the YAML defaults."""
+        train x test comparison is one sweep); keys that are absent take the YAML defaults.
+        ``window_seconds`` gives the uniform scheme the window of ``frame_rule``
+        (``window_for_rule``); maxdiff scores the whole video."""
         cfg = with_video_defaults(cfg)
         scheme = cfg["keyframes"] if split == "train" else (cfg["eval_keyframes"] or cfg["keyframes"])
         md = cfg["maxdiff"]
         fps = cfg["fps"]
+        window = window_for_rule(cfg["window_seconds"], cfg["frame_rule"])
         return cls.build(scheme=scheme, max_frames=cfg["max_frames"], fps=None if fps is None else float(fps),
                          slice_framepos=cfg["slice_framepos"], step=md["step"], blur=md["blur"],
-                         rule=cfg["frame_rule"])
+                         rule=cfg["frame_rule"], window=window if scheme == "uniform" else None)
 
     def relevant(self) -> dict:
         """The fields that change the selected frames for this scheme (stored in cache manifests,
         compared when a cache is reused; fields of the other scheme are irrelevant)."""
         d = asdict(self)
-        drop = ("step", "blur") if self.scheme == "uniform" else ("fps", "slice_framepos", "rule")
+        drop = ("step", "blur") if self.scheme == "uniform" else ("fps", "slice_framepos", "rule", "window")
         if d["rule"] == "exact":
             drop += ("rule",)  # caches extracted before the rule existed used the exact rule
+        if d["window"] is None:
+            drop += ("window",)  # ... and the whole video, as caches extracted before the window
+        else:
+            d["window"] = list(d["window"])  # as the JSON manifest stores it
         return {k: v for k, v in d.items() if k not in drop}
 
 
@@ -224,7 +259,7 @@ def select_keyframes(path: str | os.PathLike, params: KeyframeParams) -> Keyfram
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if params.scheme == "uniform":
-            s = sample_video(path, params.fps, params.max_frames, params.slice_framepos, params.rule)
+            s = sample_video(path, params.fps, params.max_frames, params.slice_framepos, params.rule, params.window)
             kf = Keyframes(s.frames, s.indices, s.video_fps, s.num_frames)
         else:
             kf = _select_maxdiff(path, params)
