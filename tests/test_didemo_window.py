@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
-
-import data.video.decode as decode
 from benchmark_layouts import DIDEMO, write_didemo
-from data.frames.extract import ExtractSettings, extract_to_cache
-from data.frames.store import load_manifest
-from data.splits import build_split
-from data.video.decode import VideoReadError, sample_frame_indices, sample_video
-from data.video.keyframes import KeyframeParams, select_keyframes, window_for_rule
 from framework_utils import compose_cfg
+from omegaconf import OmegaConf
 from test_frame_rule import SLICE_CODES, FakeCapture, official_slice
 from toy_datasets import write_video
+
+from data.frames.extract import ExtractSettings, extract_to_cache
+from data.frames.store import load_manifest
+from data.splits import build_split, dataset_videos
+from data.video import decode
+from data.video.decode import VideoReadError, sample_frame_indices, sample_video
+from data.video.keyframes import KeyframeParams, select_keyframes, window_for_rule
 
 #: What CLIP4Clip's DiDeMo loader gives its extractor for every video.
 DIDEMO_START, DIDEMO_END = 0, 31
@@ -42,7 +43,7 @@ def official_read_window(cap, sample_fp: int, start_time: int, end_time: int) ->
     total_duration = (frame_count + fps - 1) // fps
     start_sec, end_sec = 0, total_duration
     if start_time is not None:
-        start_sec, end_sec = start_time, end_time if end_time <= total_duration else total_duration
+        start_sec, end_sec = start_time, min(end_time, total_duration)
         cap.set(cv2.CAP_PROP_POS_FRAMES, int(start_time * fps))
     interval = 1
     if sample_fp > 0:
@@ -157,7 +158,7 @@ FPS, SECONDS = 4, 40
 class CountingCapture:
     """A real capture that records the frame numbers it grabs and retrieves, and any seek."""
 
-    log: list = []
+    log: ClassVar[list] = []
 
     def __init__(self, cap):
         self.cap, self.pos = cap, 0
@@ -247,8 +248,8 @@ def test_didemo_items_hold_the_first_32_seconds_under_the_official_rule(tmp_path
 
 def test_a_cache_of_another_window_is_refused_not_reused(tmp_path):
     root = write_didemo(tmp_path / "didemo", seconds=SECONDS, fps=FPS)
-    videos = {v: p for split in DIDEMO for v, p in
-              build_split(_didemo_cfg(f"dataset.root={root}"), root, split, 16, 0, progress=False)._paths.items()}
+    videos, missing = dataset_videos(_didemo_cfg(f"dataset.root={root}"), root)
+    assert len(videos) == sum(map(len, DIDEMO.values())) and not missing
     whole = KeyframeParams.from_config(_didemo_cfg("dataset.window_seconds=null"), "test")
     windowed = KeyframeParams.from_config(_didemo_cfg(), "test")
     assert windowed.relevant()["window"] == [0, 31] and "window" not in whole.relevant()

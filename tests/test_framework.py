@@ -71,9 +71,11 @@ def test_every_head_builds_on_a_pretrained_file_and_on_random_weights(head, tmp_
     video = torch.randn(2, 3, 3, 32, 32)
     if model.two_tower:
         assert model.encode_video(video, torch.ones(2, 3)).shape == (2, 64)
-    else:  # tightTransf has no video embedding: it scores pairs (tests/test_tighttransf.py)
+    else:  # pair heads have no video embedding: they score pairs (tests/test_pair_heads.py)
         frames = model.video_features(video, torch.ones(2, 3))
-        assert model.score(torch.randn(4, 64), frames, torch.ones(2, 3)).shape == (4, 2)
+        ids = torch.tensor([[98, 5, 6, 99, 0], [98, 7, 99, 0, 0], [98, 99, 0, 0, 0], [98, 4, 4, 4, 99]])
+        text = model.text_features(ids, (ids > 0).long())
+        assert model.score(text, frames, torch.ones(2, 3), text_mask=(ids > 0).long()).shape == (4, 2)
     tiny = compose_cfg("train", ["model=tiny", f"model/head={head}", f"paths.output_dir={tmp_path}"])
     assert build_model(tiny.model, vocab_size=50).clip.config.vocab_size == 50
 

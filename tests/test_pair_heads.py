@@ -128,3 +128,19 @@ def test_every_successor_experiment_builds_with_model_tiny_and_trains_a_step(exp
     loss = ContrastiveStep(model)(batch)
     assert torch.isfinite(loss)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters())
+
+
+@pytest.mark.parametrize("method", ["drl", "xclip", "ts2net"])
+def test_evaluate_py_loads_each_methods_official_checkpoint(method, tmp_path, reference_dir, bpe_vocab_path,
+                                                            synth_root):
+    """``python evaluate.py checkpoint=<official pytorch_model.bin.N>``: the method is detected
+    from the keys, every key used, and the model scores a split with the metrics' usual shape."""
+    cfg = compose_cfg("evaluate", [f"checkpoint={reference_dir / f'{method}_official_ckpt.bin'}",
+                                   "dataset=synthetic", f"dataset.root={synth_root}",
+                                   "dataset.generator.num_train=48", "dataset.generator.num_val=16",
+                                   "dataset.generator.num_test=16", "dataset.max_frames=12",
+                                   f"model.bpe_vocab={bpe_vocab_path}", "trainer.progress=false",
+                                   "eval.postprocess=[dsl]", f"paths.output_dir={tmp_path}"])
+    result, objs = run_evaluation(cfg)
+    assert result["checkpoint_kind"] == "official" and objs["model"].head.name == method
+    assert result["num_texts"] == 16 and 0 <= result["metrics"]["t2v"]["R1"] <= 100

@@ -12,11 +12,16 @@ import math
 
 import pytest
 import torch
+from framework_utils import compose_cfg
 
 from clip4clip.clip import CLIP, CLIPConfig
-from clip4clip.engine.optim import SCHEDULE_RULES, build_optimizer, build_scheduler, schedule_fn
+from clip4clip.engine.optim import (
+    SCHEDULE_RULES,
+    build_optimizer,
+    build_scheduler,
+    schedule_fn,
+)
 from clip4clip.model import CLIP4Clip
-from framework_utils import compose_cfg
 
 
 def bert_warmup_cosine(x: float, warmup: float = 0.002) -> float:
@@ -150,7 +155,7 @@ def test_the_training_job_uses_the_configured_rule(tmp_path):
 def test_the_trainer_runs_step_i_at_the_official_multiplier(tmp_path):
     # The trainer steps the scheduler after the optimiser: the update of step i is made at fn(i)
     # (BertAdam's lr from state['step'] before the increment), read when the optimiser steps.
-    from clip4clip.engine.trainer import TrainOptions, TrainParts, Trainer
+    from clip4clip.engine.trainer import Trainer, TrainOptions, TrainParts
     torch.manual_seed(0)
     model = _tiny_model()
     opt = build_optimizer(model, lr=1e-3, coef_lr=1.0, weight_decay=0.2, pretrained=set())
