@@ -212,6 +212,12 @@ def inject_aim(vision_tower: nn.Module, num_frames: int, temporal: bool = True,
         raise RuntimeError(f"vision_tower.pre_ln_adapter is already taken by "
                            f"{type(vision_tower.pre_ln_adapter).__name__}; cannot install the temporal embedding")
 
+    wrapped = [i for i, b in enumerate(blocks) if getattr(b, "wraps_block", False)]
+    if wrapped:
+        # A head's injected block (TS2-Net's token shift) would be dropped by the AIM block,
+        # which rebuilds the block from its modules: refuse rather than lose it silently.
+        raise RuntimeError(f"vision blocks {wrapped} are already wrapped ({type(blocks[wrapped[0]]).__name__}, "
+                           "injected by the model's head); AIM adapters cannot be combined with that head")
     rates = torch.linspace(0, drop_path, len(blocks)).tolist()
     for i, block in enumerate(blocks):
         blocks[i] = AIMBlock(block, num_frames=num_frames, temporal=temporal, spatial=spatial,

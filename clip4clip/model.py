@@ -51,9 +51,15 @@ class CLIP4Clip(nn.Module):
         """Refuse, before any work, a frame count the head's position table cannot take."""
         limit = self.head.max_frames
         if limit is not None and max_frames > limit:
+            # The head names the setting that would take these frames (X-CLIP: its [T, T] frame
+            # tables; TS2-Net: (K + 1) positions per frame); by default the position table.
+            if hasattr(self.head, "frames_setting"):
+                key, value = self.head.frames_setting(max_frames)
+            else:
+                key, value = "num_positions", max_frames + getattr(self.head, "num_positions", limit) - limit
             raise ValueError(f"dataset.max_frames={max_frames} but the {self.head.name} head takes at most {limit} "
-                             f"frames (its position table); lower dataset.max_frames or raise it with "
-                             f"+model.head.num_positions={max_frames + getattr(self.head, 'num_positions', limit) - limit}")
+                             f"frames (its {key} table); lower dataset.max_frames or raise it with "
+                             f"++model.head.{key}={value}")
 
     @property
     def two_tower(self) -> bool:

@@ -62,8 +62,10 @@ def test_every_head_builds_on_a_pretrained_file_and_on_random_weights(head, tmp_
                            vision_patch_size=16, context_length=77, vocab_size=100,
                            transformer_width=64, transformer_layers=4))
     torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    # TS2-Net's token shift goes in vision blocks that exist (its 10, 11 are ViT-B/32's)
+    fit = ["model.head.shift_blocks=[0]"] if head == "ts2net" else []
     cfg = compose_cfg("train", [f"model/head={head}", f"model.clip.pretrained={tmp_path / 'clip.pt'}",
-                                f"paths.output_dir={tmp_path}"])
+                                f"paths.output_dir={tmp_path}", *fit])
     model = build_model(cfg.model)
     if head in ("seqTransf", "frameweight"):  # initialised from the text tower, as CLIP4Clip
         assert torch.equal(model.head.transformer.resblocks[0].attn.in_proj_weight,
@@ -76,7 +78,7 @@ def test_every_head_builds_on_a_pretrained_file_and_on_random_weights(head, tmp_
         ids = torch.tensor([[98, 5, 6, 99, 0], [98, 7, 99, 0, 0], [98, 99, 0, 0, 0], [98, 4, 4, 4, 99]])
         text = model.text_features(ids, (ids > 0).long())
         assert model.score(text, frames, torch.ones(2, 3), text_mask=(ids > 0).long()).shape == (4, 2)
-    tiny = compose_cfg("train", ["model=tiny", f"model/head={head}", f"paths.output_dir={tmp_path}"])
+    tiny = compose_cfg("train", ["model=tiny", f"model/head={head}", f"paths.output_dir={tmp_path}", *fit])
     assert build_model(tiny.model, vocab_size=50).clip.config.vocab_size == 50
 
 

@@ -50,10 +50,20 @@ def batch(b: int = 3, t: int = T):
 # ----------------------------------------------------------------------------------------------
 
 
+#: What a head needs at 64 frames on the tiny tower: X-CLIP's frame tables sized for 64 and its
+#: masked padding (officially padded frames take part in its softmaxes, so they would change the
+#: scores checked below); TS2-Net's shift in the tiny tower's block 0.
+HEAD_KWARGS_64 = {"xclip": {"max_frames": 64, "padding": "masked"}, "ts2net": {"shift_blocks": [0], "num_positions": 256}}
+#: Heads whose official computation lets padded frames reach real ones (TS2-Net's token shift
+#: takes tokens from the neighbouring frame, padded or not): the invariance check skips them.
+PADDING_REACHES_SCORES = {"ts2net"}
+
+
 @pytest.mark.parametrize("head", sorted(HEADS))
 def test_every_head_trains_and_evaluates_64_frame_batches(head):
     torch.manual_seed(0)
-    model = CLIP4Clip.from_clip(tiny_clip(), head)  # seqTransf/frameweight/tightTransf: positions from CLIP's 77
+    # seqTransf/frameweight/tightTransf: positions from CLIP's 77
+    model = CLIP4Clip.from_clip(tiny_clip(), head, **HEAD_KWARGS_64.get(head, {}))
     ids, am, video, mask = batch()
 
     def step(checkpointing: bool):
@@ -79,9 +89,13 @@ def test_every_head_trains_and_evaluates_64_frame_batches(head):
     other[~mask.bool()] = 7.0
     with torch.no_grad():
         t = model.text_features(ids, am)
-        a = model.score(t, model.video_features(video, mask), mask)
-        b = model.score(t, model.video_features(other, mask), mask)
-    assert a.shape == (3, 3) and torch.allclose(a, b, atol=1e-5)
+        torch.manual_seed(2)  # TS2-Net draws its top-K noise in evaluation too
+        a = model.score(t, model.video_features(video, mask), mask, text_mask=am)
+        torch.manual_seed(2)
+        b = model.score(t, model.video_features(other, mask), mask, text_mask=am)
+    assert a.shape == (3, 3)
+    if head not in PADDING_REACHES_SCORES:
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 @pytest.mark.parametrize("head, frames, limit", [("seqTransf", 78, 77), ("frameweight", 78, 77),

@@ -14,7 +14,13 @@ from framework_utils import CONFIGS, compose_cfg, tiny_train_overrides
 from speed_utils import tiny_batch, tiny_model
 
 #: Pair heads with word or frame scoring; each one's small settings for a tiny model.
-PAIR_HEADS = {"drl": {"num_blocks": 1}}
+PAIR_HEADS = {"drl": {"num_blocks": 1},
+              # the tiny run sizes X-CLIP's [L, L] / [T, T] tables from model.max_words (16) and
+              # dataset.max_frames (4) through its YAML; the unit tests here keep 32 / 12 for 8 / 3 inputs
+              "xclip": {"num_blocks": 1},
+              # the tiny tower has one vision block (so the shift goes in block 0) and 4 patches; the
+              # hard top-K in eval: upstream's noisy one makes two evaluations differ (the test below)
+              "ts2net": {"num_blocks": 1, "shift_blocks": [0], "topk": 2, "topk_eval": "hard"}}
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +78,7 @@ def test_evaluation_scores_in_chunks_like_one_pass(head, monkeypatch):
 @pytest.mark.parametrize("head", sorted(PAIR_HEADS))
 def test_a_tiny_run_trains_and_its_checkpoint_evaluates_to_the_same_metrics(head, tmp_path, synth_root):
     out = tmp_path / "run"
-    kwargs = [f"+model.head.{k}={v}" if k not in ("num_blocks",) else f"model.head.{k}={v}"
-              for k, v in PAIR_HEADS[head].items()]
+    kwargs = [f"++model.head.{k}={v}" for k, v in PAIR_HEADS[head].items()]  # ++: set, in the YAML or not
     metrics, _ = run_training(compose_cfg("train", tiny_train_overrides(
         out, synth_root, [f"model/head={head}", "trainer.epochs=1", "trainer.tensorboard=false",
                           "eval.postprocess=[dsl]", *kwargs])))
@@ -144,3 +149,25 @@ def test_evaluate_py_loads_each_methods_official_checkpoint(method, tmp_path, re
     result, objs = run_evaluation(cfg)
     assert result["checkpoint_kind"] == "official" and objs["model"].head.name == method
     assert result["num_texts"] == 16 and 0 <= result["metrics"]["t2v"]["R1"] <= 100
+
+
+def test_frame_limits_name_the_setting_that_would_take_the_frames():
+    from clip4clip.model import CLIP4Clip
+    clip = tiny_model(head="meanP").clip
+    xclip = CLIP4Clip.from_clip(clip, "xclip", init_head_from_clip=False, num_blocks=1)  # [12, 12] frame tables
+    with pytest.raises(ValueError, match=r"\+\+model\.head\.max_frames=20"):
+        xclip.check_frames(20)
+    ts2 = CLIP4Clip.from_clip(tiny_model(head="meanP").clip, "ts2net", init_head_from_clip=False, num_blocks=1,
+                              shift_blocks=[0], topk=3)  # 77 positions / 4 per frame = 19 frames
+    ts2.check_frames(19)
+    with pytest.raises(ValueError, match=r"\+\+model\.head\.num_positions=80"):
+        ts2.check_frames(20)
+
+
+def test_aim_refuses_a_tower_whose_blocks_a_head_wrapped():
+    import adapters
+    from clip4clip.model import CLIP4Clip
+    model = CLIP4Clip.from_clip(tiny_model(head="meanP").clip, "ts2net", init_head_from_clip=False, num_blocks=1,
+                                shift_blocks=[0])
+    with pytest.raises(RuntimeError, match="already wrapped"):
+        adapters.inject_aim(model.clip.visual, num_frames=4)

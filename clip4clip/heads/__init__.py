@@ -11,11 +11,12 @@ from .meanp import MeanPooling
 from .seqlstm import SeqLSTM
 from .seqtransf import SeqTransf
 from .tighttransf import TightTransf
+from .ts2net import TS2Net
 from .xclip import XCLIP
 
 # Order matters to the official-checkpoint loader, which takes the first head whose keys it finds:
 # the successors (which carry seqTransf's keys beside their own) before seqTransf.
-HEADS: Dict[str, Type[Head]] = {cls.name: cls for cls in (DRL, XCLIP, MeanPooling, SeqLSTM, SeqTransf, FrameWeight,
+HEADS: Dict[str, Type[Head]] = {cls.name: cls for cls in (DRL, TS2Net, XCLIP, MeanPooling, SeqLSTM, SeqTransf, FrameWeight,
                                                            TightTransf)}
 #: The head of a model whose config or checkpoint names none (CLIP4Clip's meanP: zero-shot CLIP).
 DEFAULT_HEAD = "meanP"
@@ -37,4 +38,4 @@ def build_head(name: str, width: int, **kwargs) -> Head:
 
 
 __all__ = ["DEFAULT_HEAD", "DRL", "HEADS", "TEMPORAL_HEADS", "build_head", "Head", "PairHead", "TemporalHead", "MeanPooling", "SeqLSTM",
-           "SeqTransf", "FrameWeight", "TightTransf", "XCLIP", "l2_normalize", "masked_mean", "mean_pool_normalized"]
+           "SeqTransf", "FrameWeight", "TightTransf", "TS2Net", "XCLIP", "l2_normalize", "masked_mean", "mean_pool_normalized"]

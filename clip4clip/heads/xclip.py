@@ -238,6 +238,12 @@ class XCLIP(PairHead):
         limit = self.num_frames
         return limit if self.temporal is None else min(limit, self.temporal.max_frames)
 
+    def frames_setting(self, frames: int):
+        """(config key, value) that would let the head take ``frames`` frames (``check_frames``)."""
+        if self.temporal is not None and self.temporal.max_frames < frames and self.num_frames >= frames:
+            return "num_positions", frames
+        return "max_frames", frames
+
     def init_from_clip(self, clip_state_dict: Mapping[str, torch.Tensor]) -> None:
         """As upstream: seqTransf's positions and blocks from CLIP's text tower; the mat weights
         keep their identity init."""
