@@ -223,8 +223,27 @@ def split_metrics(enc: EncodedSplit, model=None, precision: str = "fp32") -> Dic
     return rank_metrics(similarity_matrix(enc, model, precision), enc)
 
 
+#: The random state evaluation runs under for heads that draw random numbers in evaluation
+#: (``random_in_eval``: TS2-Net's official top-K noise): they then score a split the same way every
+#: time (a run's final test and ``evaluate.py`` on its checkpoint agree), and the caller's random
+#: state is left as it was. Other heads draw nothing, and their runs keep their random stream.
+EVAL_SEED = 0
+
+
 def _encode(model, dataset, tokenizer, max_words: int, batch_size: int, device, precision: str,
             num_workers: int, progress: bool, desc: str) -> EncodedSplit:
+    if not getattr(getattr(model, "head", None), "random_in_eval", False):
+        return _encode_seeded(model, dataset, tokenizer, max_words, batch_size, device, precision, num_workers,
+                              progress, desc)
+    cuda = [device] if getattr(device, "type", str(device)).startswith("cuda") else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(EVAL_SEED)
+        return _encode_seeded(model, dataset, tokenizer, max_words, batch_size, device, precision, num_workers,
+                              progress, desc)
+
+
+def _encode_seeded(model, dataset, tokenizer, max_words: int, batch_size: int, device, precision: str,
+                   num_workers: int, progress: bool, desc: str) -> EncodedSplit:
     if hasattr(dataset, "video_dataset"):
         return encode_texts_and_videos(model, dataset, tokenizer, max_words, batch_size, device,
                                        precision, num_workers, progress, desc)

@@ -390,6 +390,11 @@ class TS2Net(PairHead):
     def topk_eval(self) -> str:
         return self.visual_token_selector.topk_eval
 
+    @property
+    def random_in_eval(self) -> bool:
+        """Evaluation draws random numbers (official top-K noise): it runs under a fixed seed."""
+        return self.topk_eval == "official"
+
     @topk_eval.setter
     def topk_eval(self, value: str) -> None:
         if value not in TOPK_EVAL:
