@@ -165,3 +165,19 @@ def test_every_interaction_and_cdcr_mode_trains_a_step_and_masked_padding_differ
     assert not torch.allclose(official, masked)
     with pytest.raises(ValueError, match="interaction='xx'"):
         CLIP4Clip.from_clip(CLIP(cfg), "drl", interaction="xx")
+
+
+def test_cdcr_of_a_constant_channel_is_finite_not_nan():
+    """Every frame picking the same word (the start token, identical in every caption) makes a
+    channel constant over the rows; upstream's division by its std would give NaN."""
+    torch.manual_seed(0)
+    text, video = torch.randn(3, 4, 6), torch.randn(3, 2, 6)
+    text[:, 0] = text[0, 0]  # the same first-token feature in every caption
+    video = video + 10 * text[0, 0]  # every frame closest to it
+    tm, vm = torch.ones(3, 4), torch.ones(3, 2)
+    tw, vw = tm / 4, vm / 2
+    inter = wti_logits(text, tm, video, vm, tw, vw, padding="masked")
+    assert (inter.v2t_token == 0).all()
+    c1, c2 = cdcr_matrices(text, tm, video, vm, inter, tw, vw)
+    assert torch.isfinite(c1).all() and torch.isfinite(c2).all()
+    assert torch.isfinite(cdcr_loss(c1, c2, 0.11, 0.0)[0])

@@ -103,8 +103,15 @@ def wti_logits(text: torch.Tensor, text_mask: torch.Tensor, video: torch.Tensor,
     return Interaction(t2v, v2t, t2v_frame, v2t_token)
 
 
+#: Floor of CDCR's per-channel std. Upstream divides by the std as it is, so a channel that is
+#: constant over the rows (e.g. every frame's best-matching word is the start token, whose feature
+#: is the same in every caption under causal attention) makes the loss NaN; with the floor such a
+#: channel standardises to 0 (it correlates with nothing). Any std above it is used unchanged.
+STD_FLOOR = 1e-12
+
+
 def _standardise(x: torch.Tensor) -> torch.Tensor:
-    return (x - x.mean(0)) / x.std(0)  # unbiased std, as the official code
+    return (x - x.mean(0)) / x.std(0).clamp_min(STD_FLOOR)  # unbiased std, as the official code
 
 
 def cdcr_matrices(text: torch.Tensor, text_mask: torch.Tensor, video: torch.Tensor, video_mask: torch.Tensor,
