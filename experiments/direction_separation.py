@@ -26,19 +26,31 @@ from clip4clip.builder import build_tokenizer  # noqa: E402
 from clip4clip.weights.checkpoints import load_model_from_checkpoint  # noqa: E402
 from clip4clip.engine.saving import load_checkpoint  # noqa: E402
 from data.splits import build_split, dataset_root  # noqa: E402
-from clip4clip.engine.evaluation import evaluate  # noqa: E402
+from clip4clip.engine.evaluation import evaluate, similarity_matrix  # noqa: E402
 from data.synthetic.render import OPPOSITE, canonical_caption  # noqa: E402
 
 PERPENDICULAR = {"left": "up", "right": "down", "up": "right", "down": "left"}
 ATTRIBUTES = ("color", "shape", "background", "direction")
 
 
-def top1_wrong(enc, attrs: dict) -> dict:
+def top1_wrong(enc, attrs: dict, model=None) -> dict:
     """Per attribute, % of captions whose best-scoring clip differs from their own clip in it."""
-    top = (enc.text_emb @ enc.video_emb.t()).argmax(1).tolist()
+    top = similarity_matrix(enc, model).argmax(1).tolist()
     own = [enc.video_ids[i] for i in enc.text_video_index.tolist()]
     got = [enc.video_ids[i] for i in top]
     return {k: 100.0 * sum(attrs[o][k] != attrs[g][k] for o, g in zip(own, got)) / len(own) for k in ATTRIBUTES}
+
+
+def own_video_scores(model, tokens, enc) -> torch.Tensor:
+    """Score of caption i against video i [N], as evaluation scores it (two-tower: the cosine;
+    pair heads: the head's own score)."""
+    ids, mask = tokens
+    text = model.text_features(ids, mask)
+    if model.two_tower:
+        return (text * enc.video_emb).sum(-1)
+    scores = model.score(text, enc.video_emb, enc.video_mask, text_chunk=16,
+                         text_mask=mask if model.text_tokens else None)
+    return scores.diagonal()
 
 
 @torch.no_grad()
@@ -62,12 +74,10 @@ def separation(run_dir: Path) -> dict:
             own.append(canonical_caption(a["color"], a["shape"], a["background"], a["direction"]))
             other.append(canonical_caption(a["color"], a["shape"], a["background"], swap[a["direction"]]))
         max_words = cfg["model"]["max_words"]
-        t_own = model.encode_text(*tokenizer(own, max_words=max_words))
-        t_other = model.encode_text(*tokenizer(other, max_words=max_words))
-        s_own = (t_own * enc.video_emb).sum(-1)
-        s_other = (t_other * enc.video_emb).sum(-1)
+        s_own = own_video_scores(model, tokenizer(own, max_words=max_words), enc)
+        s_other = own_video_scores(model, tokenizer(other, max_words=max_words), enc)
         result[f"{name}_accuracy"] = float((s_own > s_other).float().mean() * 100)
-    result["top1_wrong"] = top1_wrong(enc, attrs)
+    result["top1_wrong"] = top1_wrong(enc, attrs, model)
     return result
 
 
