@@ -35,7 +35,9 @@ ATTRIBUTES = ("color", "shape", "background", "direction")
 
 def top1_wrong(enc, attrs: dict, model=None) -> dict:
     """Per attribute, % of captions whose best-scoring clip differs from their own clip in it."""
-    top = similarity_matrix(enc, model).argmax(1).tolist()
+    # Two-tower: the cosine matrix; a pair head scores its own pairs (evaluation's matrix).
+    sim = enc.text_emb @ enc.video_emb.t() if model is None or model.two_tower else similarity_matrix(enc, model)
+    top = sim.argmax(1).tolist()
     own = [enc.video_ids[i] for i in enc.text_video_index.tolist()]
     got = [enc.video_ids[i] for i in top]
     return {k: 100.0 * sum(attrs[o][k] != attrs[g][k] for o, g in zip(own, got)) / len(own) for k in ATTRIBUTES}
