@@ -19,7 +19,7 @@ import pytest
 from benchmark_layouts import DIDEMO, write_didemo
 from framework_utils import compose_cfg
 from omegaconf import OmegaConf
-from test_frame_rule import SLICE_CODES, FakeCapture, official_slice
+from test_frame_rule import SLICE_CODES, FakeCapture, official_read, official_slice
 from toy_datasets import write_video
 
 from data.frames.extract import ExtractSettings, extract_to_cache
@@ -34,41 +34,9 @@ DIDEMO_START, DIDEMO_END = 0, 31
 
 
 def official_read_window(cap, sample_fp: int, start_time: int, end_time: int) -> list:
-    """``video_to_tensor(video_file, preprocess, sample_fp, start_time, end_time)``, statement for
-    statement, returning the frames it reads."""
-    assert isinstance(start_time, int) and isinstance(end_time, int) and start_time > -1 and end_time > start_time
-    assert sample_fp > -1
-    frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    fps = int(cap.get(cv2.CAP_PROP_FPS))
-    total_duration = (frame_count + fps - 1) // fps
-    start_sec, end_sec = 0, total_duration
-    if start_time is not None:
-        start_sec, end_sec = start_time, min(end_time, total_duration)
-        cap.set(cv2.CAP_PROP_POS_FRAMES, int(start_time * fps))
-    interval = 1
-    if sample_fp > 0:
-        interval = fps // sample_fp
-    else:
-        sample_fp = fps
-    if interval == 0:
-        interval = 1
-    inds = [ind for ind in np.arange(0, fps, interval)]
-    assert len(inds) >= sample_fp
-    inds = inds[:sample_fp]
-    ret = True
-    frames = []
-    for sec in np.arange(start_sec, end_sec + 1):
-        if not ret:
-            break
-        sec_base = int(sec * fps)
-        for ind in inds:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, sec_base + ind)
-            ret, frame = cap.read()
-            if not ret:
-                break
-            frames.append(frame)
-    cap.release()
-    return frames
+    """``video_to_tensor(video_file, preprocess, sample_fp, start_time, end_time)``: the one
+    transcription of the official extractor, with the window."""
+    return official_read(cap, sample_fp, start_time, end_time)
 
 
 def _didemo_cfg(*overrides) -> dict:

@@ -65,15 +65,20 @@ class RecordingCapture(FakeCapture):
         self.cap.release()
 
 
-def official_read(cap, sample_fp: int) -> list:
-    """What ``video_to_tensor(video_file, preprocess, sample_fp)`` reads from ``cap`` (whole
-    video, no start/end time), statement for statement; it returns the read frames themselves
-    instead of preprocessing and stacking them."""
+def official_read(cap, sample_fp: int, start_time=None, end_time=None) -> list:
+    """What ``video_to_tensor(video_file, preprocess, sample_fp, start_time, end_time)`` reads from
+    ``cap`` (no start/end time: the whole video), statement for statement; it returns the read
+    frames themselves instead of preprocessing and stacking them."""
+    if start_time is not None or end_time is not None:
+        assert isinstance(start_time, int) and isinstance(end_time, int) and start_time > -1 and end_time > start_time
     assert sample_fp > -1
     frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     fps = int(cap.get(cv2.CAP_PROP_FPS))
     total_duration = (frame_count + fps - 1) // fps
     start_sec, end_sec = 0, total_duration
+    if start_time is not None:
+        start_sec, end_sec = start_time, min(end_time, total_duration)
+        cap.set(cv2.CAP_PROP_POS_FRAMES, int(start_time * fps))
     interval = 1
     if sample_fp > 0:
         interval = fps // sample_fp
